@@ -1,0 +1,48 @@
+# vstore: everything a fresh Debian 12 machine needs, installed on demand.
+#   make test   install what is missing, then run the whole test suite
+#   make demo   install what is missing, then start a local cluster (see README)
+#   make bench  install what is missing, then run the benchmarks (results in bench/results/)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Debian packages: FUSE and the headers pyfuse3 builds against; a compiler and Python
+# headers for the C extensions; venv; openssl for TLS test certificates; nftables,
+# iproute2 and e2fsprogs for the failure-injection and container-disk tests.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssl \
+                nftables iproute2 e2fsprogs util-linux
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test demo bench install system-packages clean
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/vstore demo
+
+bench: install
+	$(PY) bench/rpc.py
+
+install: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

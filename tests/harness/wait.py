@@ -1,0 +1,26 @@
+"""Wait on conditions, not on time (STYLE.md §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+async def wait_for(pred: Callable[[], Any | Awaitable[Any]], *, timeout_s: float, what: str,
+                   interval_s: float = 0.02) -> Any:
+    """Poll ``pred`` until it returns something truthy; return that. On timeout fail with
+    ``what`` we were waiting for and the last value seen."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        last = pred()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; last seen: {last!r}")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,113 @@
+"""Commands whose arguments are fixed but whose implementation lands with a later issue.
+
+Each has its full argument list (so ``--help`` documents the interface operators will get)
+and, when run, says plainly that this version does not provide it yet, naming the work
+item, and exits 3. Nothing here pretends to succeed. When a command is built, it moves to
+its own module (``vstore/cli/mkfs.py`` ...) and leaves this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from vstore.errors import NotAvailable
+
+#: command -> (one-line help, the issue that delivers it, function adding its arguments)
+_PLANNED: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def _planned(name: str, help_text: str, issue: str) -> Callable[[Callable[[argparse.ArgumentParser], None]],
+                                                               Callable[[argparse.ArgumentParser], None]]:
+    def register(add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable[[argparse.ArgumentParser], None]:
+        _PLANNED[name] = (help_text, issue, add_arguments)
+        return add_arguments
+    return register
+
+
+_OPS = "issue #7 (operating a cluster)"
+
+
+@_planned("mkfs", "create a cluster: its first MDS, cluster id, secret and admin password", _OPS)
+def _mkfs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", required=True, metavar="NAME", help="cluster name")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory of the first MDS (must be empty)")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address the first MDS serves on")
+
+
+@_planned("add-node", "join an MDS or a chunkserver to an existing cluster", _OPS)
+def _add_node(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--role", required=True, choices=["mds", "cs"])
+    p.add_argument("--join", required=True, metavar="HOST:PORT", help="address of any MDS of the cluster")
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory of the new node")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address the new node serves on")
+    p.add_argument("--host", help="failure-domain host label (default: this machine's hostname)")
+    p.add_argument("--rack", help="failure-domain rack label")
+    p.add_argument("--secret-file", metavar="FILE", help="cluster secret (asked for when omitted)")
+
+
+@_planned("rm-node", "drain and remove a chunkserver, or remove an MDS", _OPS)
+def _rm_node(p: argparse.ArgumentParser) -> None:
+    p.add_argument("node_id", metavar="ID")
+    p.add_argument("--force", action="store_true", help="allow losing the last copy or quorum")
+
+
+@_planned("serve", "run a node (MDS or chunkserver) from its config file", "issue #4 (metadata service) and issue #5 (chunkserver)")
+def _serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="the node's TOML config")
+
+
+@_planned("mount", "mount the cluster's file system with FUSE", "issue #6 (client and FUSE mount)")
+def _mount(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mds", metavar="HOST:PORT[,HOST:PORT...]", help="MDS addresses")
+    p.add_argument("mountpoint", metavar="DIR")
+    p.add_argument("--secret-file", metavar="FILE")
+
+
+@_planned("umount", "unmount a vstore mount", "issue #6 (client and FUSE mount)")
+def _umount(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="DIR")
+
+
+@_planned("status", "cluster health summary (exit 0 healthy, 1 degraded, 2 unavailable)", _OPS)
+def _status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@_planned("top", "live terminal view of MDS, chunkservers, chunk health and rebuilds", _OPS)
+def _top(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--interval-s", type=float, default=1.0)
+
+
+@_planned("get-attr", "show a path's replication policy", _OPS)
+def _get_attr(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path")
+
+
+@_planned("set-attr", "set a path's replication policy, e.g. replicas=3:2", _OPS)
+def _set_attr(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path")
+    p.add_argument("attribute", metavar="replicas=N:MIN")
+
+
+@_planned("scrub", "verify every replica's checksums under a path, with a report", _OPS)
+def _scrub(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", default="/")
+
+
+@_planned("demo", "run a local 3 MDS + 3 chunkserver cluster, mounted, until Ctrl-C", _OPS)
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", default="./vstore-demo", help="where the demo keeps its data and mount")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for name, (help_text, issue, add_arguments) in _PLANNED.items():
+        parser = commands.add_parser(name, help=f"{help_text} [not available yet]", description=help_text)
+        add_arguments(parser)
+        parser.set_defaults(handler=_not_available(name, issue))
+
+
+def _not_available(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        raise NotAvailable(f"'vstore {name}' is not available in this version yet; it arrives with {issue}")
+    return handler

@@ -1,0 +1,12 @@
+"""Sockets for vstore: framed RPC over TCP (optionally TLS) and signed UDP datagrams.
+
+The protocol itself (frames, messages, handshake) is in ``vstore.wire``; this package only
+moves its bytes. Modules: ``connection`` (one framed connection), ``rpc`` (server, router,
+client), ``dgram`` (heartbeat channel), ``tls`` (ssl contexts).
+"""
+
+from vstore.net.connection import Auth, Connection, Limits
+from vstore.net.rpc import Reply, RequestContext, Router, RpcClient, RpcServer, format_address
+
+__all__ = ["Auth", "Connection", "Limits", "Reply", "RequestContext", "Router", "RpcClient", "RpcServer",
+           "format_address"]

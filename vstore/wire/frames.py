@@ -1,0 +1,228 @@
+"""TCP frames: header layout, encoder, incremental decoder and per-frame MAC. Pure, sans-I/O.
+
+A frame is::
+
+    header (24 bytes, big-endian)  meta (msgpack)  payload (raw bytes)  [tag (16 bytes)]
+
+    offset size field
+         0    4 magic         b"VSTR"
+         4    1 version       protocol version, 1
+         5    1 flags         FLAG_REPLY | FLAG_ONEWAY; other bits must be zero
+         6    2 msg_type      MsgType
+         8    8 request_id    chosen by the requester, echoed in the reply
+        16    4 meta_len      bytes of msgpack meta
+        20    4 payload_len   bytes of raw payload
+
+The tag is present once the handshake has negotiated ``frame_auth = "hmac"``: a truncated
+HMAC-SHA256, under a per-direction session key, of (frame sequence number ‖ header ‖ meta ‖
+payload). The implicit sequence number makes a replayed, dropped or reordered frame fail the
+check, so nothing can be injected into an authenticated connection.
+
+The decoder is fed whatever bytes arrived and hands out whole frames. It checks magic,
+version, flags, the type and both declared lengths against that type's limits as soon as
+the 24 header bytes are in, before it buffers a byte of the body, so a header that claims
+4 GiB costs nothing. Buffered bytes never exceed one frame plus what the caller fed at once.
+Every violation raises ``RemoteProtocolError`` and leaves the decoder failed for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+from vstore.wire.errors import LocalProtocolError, RemoteProtocolError
+from vstore.wire.messages import PRE_AUTH_META_BYTES, Message, decode_meta, encode_meta, message_class
+
+MAGIC = b"VSTR"
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">4sBBHQII")
+HEADER_BYTES = HEADER.size  # 24
+
+FLAG_REPLY = 0x01   # this frame answers the request with the same request_id
+FLAG_ONEWAY = 0x02  # a request that wants no reply (Raft messages, notifications)
+_KNOWN_FLAGS = FLAG_REPLY | FLAG_ONEWAY
+
+TAG_BYTES = 16  # 128-bit truncated HMAC-SHA256 (NIST SP 800-107 allows truncation to >= 64 bits)
+MAX_REQUEST_ID = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame. ``message`` is validated; ``payload`` is the raw body."""
+
+    msg_type: int
+    flags: int
+    request_id: int
+    message: Message
+    payload: bytes
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.flags & FLAG_REPLY)
+
+    @property
+    def is_oneway(self) -> bool:
+        return bool(self.flags & FLAG_ONEWAY)
+
+
+class FrameMac:
+    """Per-frame authentication for one direction of one connection.
+
+    Holds the session key and the implicit sequence number. Not thread-safe, like everything
+    in ``wire``: one connection, one task.
+    """
+
+    __slots__ = ("_base", "_seq")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise LocalProtocolError("frame MAC key must be 32 bytes")
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        self._seq = 0
+
+    def tag(self, head: bytes | memoryview, payload: bytes | memoryview) -> bytes:
+        """Compute the tag of the next frame in sequence and advance the sequence."""
+        mac = self._base.copy()
+        mac.update(self._seq.to_bytes(8, "big"))
+        mac.update(head)
+        if payload:
+            mac.update(payload)
+        self._seq += 1
+        return mac.digest()[:TAG_BYTES]
+
+    def verify(self, head: bytes | memoryview, payload: bytes | memoryview, tag: bytes | memoryview) -> bool:
+        """Check the tag of the next frame in sequence (constant time); advance the sequence."""
+        return hmac.compare_digest(self.tag(head, payload), bytes(tag))
+
+
+def encode_frame(msg: Message, request_id: int, *, flags: int = 0, payload: bytes | memoryview = b"",
+                 mac: FrameMac | None = None) -> list[bytes | memoryview]:
+    """Encode one frame as a list of buffers to write in order (the payload is not copied).
+
+    Raises LocalProtocolError when the message would break its own limits: a bug here.
+    """
+    if flags & ~_KNOWN_FLAGS:
+        raise LocalProtocolError(f"unknown frame flags {flags:#x}")
+    if not 0 <= request_id <= MAX_REQUEST_ID:
+        raise LocalProtocolError(f"request id {request_id} out of range")
+    if len(payload) > msg.MAX_PAYLOAD_BYTES:
+        raise LocalProtocolError(f"{type(msg).__name__} payload is {len(payload)} bytes, "
+                                 f"limit {msg.MAX_PAYLOAD_BYTES}")
+    meta = encode_meta(msg)
+    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, flags, int(msg.TYPE), request_id, len(meta), len(payload)) + meta
+    parts: list[bytes | memoryview] = [head]
+    if payload:
+        parts.append(payload)
+    if mac is not None:
+        parts.append(mac.tag(head, payload))
+    return parts
+
+
+def encode_frame_bytes(msg: Message, request_id: int, **kwargs: object) -> bytes:
+    """encode_frame joined into one bytes object (tests, datagram-sized frames)."""
+    return b"".join(encode_frame(msg, request_id, **kwargs))  # type: ignore[arg-type]
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed()`` bytes as they arrive, take frames with ``next_frame()``.
+
+    ``pre_auth=True`` admits only handshake messages (and ErrorReply) with their tight size
+    limits; the connection calls ``authenticated()`` once the handshake has succeeded.
+    """
+
+    def __init__(self, *, pre_auth: bool = False) -> None:
+        self._buf = bytearray()
+        self._pre_auth = pre_auth
+        self._mac: FrameMac | None = None
+        self._failed: RemoteProtocolError | None = None
+        # Header of the frame being assembled, once validated: (type, flags, id, meta, payload).
+        self._pending: tuple[int, int, int, int, int] | None = None
+        self.frames_decoded = 0
+
+    def authenticated(self, mac: FrameMac | None) -> None:
+        """Leave the pre-auth state; from the next frame on, require a tag under ``mac``."""
+        self._pre_auth = False
+        self._mac = mac
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)
+
+    @property
+    def in_frame(self) -> bool:
+        """True while part of a frame has arrived (the caller's per-frame read deadline runs)."""
+        return bool(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._failed is not None:
+            raise self._failed
+        self._buf += data
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None until more bytes arrive. Raises RemoteProtocolError."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._next_frame()
+        except RemoteProtocolError as exc:
+            self._failed = exc
+            self._buf.clear()
+            raise
+
+    def _next_frame(self) -> Frame | None:
+        buf = self._buf
+        if self._pending is None:
+            if len(buf) < HEADER_BYTES:
+                return None
+            self._pending = self._check_header(buf)
+        msg_type, flags, request_id, meta_len, payload_len = self._pending
+        tag_len = TAG_BYTES if self._mac is not None else 0
+        body_end = HEADER_BYTES + meta_len + payload_len
+        if len(buf) < body_end + tag_len:
+            return None
+        view = memoryview(buf)
+        try:
+            if self._mac is not None and not self._mac.verify(
+                    view[:HEADER_BYTES + meta_len], view[HEADER_BYTES + meta_len:body_end],
+                    view[body_end:body_end + tag_len]):
+                raise RemoteProtocolError(f"frame {self.frames_decoded} failed its MAC "
+                                          "(tampered, replayed or reordered)")
+            # Copies, not views: a view kept alive by an exception's traceback would pin the
+            # buffer (BufferError on the next resize). The meta is small; the payload copy
+            # is the one the caller keeps.
+            meta = bytes(view[HEADER_BYTES:HEADER_BYTES + meta_len])
+            payload = bytes(view[HEADER_BYTES + meta_len:body_end])
+        finally:
+            view.release()
+        message = decode_meta(msg_type, meta)
+        del buf[:body_end + tag_len]
+        self._pending = None
+        self.frames_decoded += 1
+        return Frame(msg_type, flags, request_id, message, payload)
+
+    def _check_header(self, buf: bytearray) -> tuple[int, int, int, int, int]:
+        magic, version, flags, msg_type, request_id, meta_len, payload_len = HEADER.unpack_from(buf, 0)
+        if magic != MAGIC:
+            raise RemoteProtocolError(f"bad magic {bytes(magic)!r} (not a vstore peer?)")
+        if version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"unsupported protocol version {version} "
+                                      f"(this node speaks {PROTOCOL_VERSION})")
+        if flags & ~_KNOWN_FLAGS:
+            raise RemoteProtocolError(f"unknown frame flags {flags:#x}")
+        cls = message_class(msg_type)
+        if cls is None:
+            raise RemoteProtocolError(f"unknown message type {msg_type}")
+        if self._pre_auth and not cls.PRE_AUTH:
+            raise RemoteProtocolError(f"{cls.__name__} before the handshake completed")
+        if self._pre_auth and (meta_len > PRE_AUTH_META_BYTES or payload_len):
+            raise RemoteProtocolError(f"{cls.__name__} of {meta_len}+{payload_len} bytes before the "
+                                      f"handshake completed (limit {PRE_AUTH_META_BYTES})")
+        if meta_len > cls.MAX_META_BYTES:
+            raise RemoteProtocolError(f"{cls.__name__} meta of {meta_len} bytes exceeds "
+                                      f"the limit of {cls.MAX_META_BYTES}")
+        if payload_len > cls.MAX_PAYLOAD_BYTES:
+            raise RemoteProtocolError(f"{cls.__name__} payload of {payload_len} bytes exceeds "
+                                      f"the limit of {cls.MAX_PAYLOAD_BYTES}")
+        return msg_type, flags, request_id, meta_len, payload_len
