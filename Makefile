@@ -2,6 +2,7 @@
 #   make test   install what is missing, then run the whole test suite
 #   make demo   install what is missing, then start a local cluster (see README)
 #   make bench  install what is missing, then run the benchmarks (results in bench/results/)
+#   make soak   the Raft simulator over thousands of seeds (SEEDS=N per scenario)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -16,7 +17,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv opens
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo bench install system-packages clean
+.PHONY: test demo bench soak install system-packages clean
 
 test: install
 	$(PY) -m pytest -q
@@ -26,6 +27,11 @@ demo: install
 
 bench: install
 	$(PY) bench/rpc.py
+	$(PY) bench/raft.py
+
+# thousands of seeds per Raft simulator scenario (the default suite runs a few hundred)
+soak: install
+	VSTORE_SIM_SEEDS=$${SEEDS:-3000} $(PY) -m pytest tests/unit/raft/test_raft_sim.py -q -x
 
 install: system-packages $(STAMP)
 

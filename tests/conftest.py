@@ -64,3 +64,39 @@ def expect_log(request: pytest.FixtureRequest) -> Callable[..., None]:
 
     return expect
 
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--sim-seed", type=int, default=None,
+                     help="run the Raft simulator tests for this one seed (replay a failure)")
+    parser.addoption("--sim-seeds", type=int, default=None,
+                     help="how many simulator seeds per scenario (default: VSTORE_SIM_SEEDS or the suite's own)")
+
+
+@pytest.fixture
+def sim_seed_option(request: pytest.FixtureRequest) -> int | None:
+    return request.config.getoption("--sim-seed")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sim_seed" in metafunc.fixturenames:
+        one = metafunc.config.getoption("--sim-seed")
+        marker = metafunc.definition.get_closest_marker("sim_seeds")
+        default = marker.args[0] if marker else 100
+        count = metafunc.config.getoption("--sim-seeds") or int(os.environ.get("VSTORE_SIM_SEEDS", default))
+        seeds = [one] if one is not None else list(range(count))
+        metafunc.parametrize("sim_seed", seeds)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Remember each phase's outcome on the item, so fixtures can dump logs on failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def call_failed(node: pytest.Item) -> bool:
+    """Did the test body fail (or never run)? For fixtures that save logs on failure."""
+    report = getattr(node, "rep_call", None)
+    return report is None or report.failed

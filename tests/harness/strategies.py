@@ -32,9 +32,10 @@ def for_type(info: msgspec.inspect.Type) -> st.SearchStrategy[Any]:
     if isinstance(info, mi.DictType):
         hi = info.max_length if info.max_length is not None else 8
         return st.dictionaries(for_type(info.key_type), for_type(info.value_type), max_size=min(hi, 8))
-    if isinstance(info, (mi.ListType, mi.TupleType, mi.VarTupleType)) and hasattr(info, "item_type"):
-        hi = getattr(info, "max_length", None) or 8
-        return st.lists(for_type(info.item_type), max_size=min(hi, 8))
+    if isinstance(info, (mi.ListType, mi.VarTupleType)):
+        hi = info.max_length if info.max_length is not None else 4
+        items = st.lists(for_type(info.item_type), min_size=info.min_length or 0, max_size=min(hi, 4))
+        return items.map(tuple) if isinstance(info, mi.VarTupleType) else items
     if isinstance(info, mi.StructType):
         return message(info.cls)
     if isinstance(info, mi.NoneType):

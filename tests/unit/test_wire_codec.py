@@ -19,10 +19,12 @@ from vstore.wire.frames import HEADER, MAGIC, PROTOCOL_VERSION
 from vstore.wire.messages import MAX_PAYLOAD_BYTES_ANY, PRE_AUTH_META_BYTES, decode_meta, encode_meta
 
 ALL = all_message_classes()
+TEST_RANGE = range(900, 1000)  # test harnesses register their own messages there
 
 
 def test_every_msg_type_has_exactly_one_registered_class() -> None:
-    assert sorted(int(cls.TYPE) for cls in ALL) == sorted(int(t) for t in MsgType)
+    product = [int(cls.TYPE) for cls in ALL if int(cls.TYPE) not in TEST_RANGE]
+    assert sorted(product) == sorted(int(t) for t in MsgType)
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)

@@ -14,6 +14,7 @@ from vstore.wire.errors import AuthFailed, LocalProtocolError, ProtocolError, Re
 from vstore.wire.frames import (FLAG_ONEWAY, FLAG_REPLY, HEADER_BYTES, PROTOCOL_VERSION, Frame, FrameDecoder,
                                 FrameMac, encode_frame, encode_frame_bytes)
 from vstore.wire.handshake import ClientHandshake, FrameAuth, Identity, Role, ServerHandshake, Session
+from vstore.wire import raft as _raft  # noqa: F401  (registers the Raft message types)
 from vstore.wire.messages import (ErrorReply, HandshakeChallenge, HandshakeHello, HandshakeWelcome, Heartbeat,
                                   Message, MsgType, PingReply, PingRequest, all_message_classes, decode_meta,
                                   encode_meta, message_class)

@@ -13,6 +13,7 @@ the frame decoder checks a frame's declared lengths against them before reading 
 Names follow verb + noun + Request/Reply. Numbering ranges of ``MsgType``:
 1-15 handshake and control, 100-199 metadata (client <-> MDS), 200-299 chunkserver,
 300-349 Raft (MDS <-> MDS), 350-399 datagrams (heartbeats), 400-449 admin.
+900-999 are reserved for test harnesses, which register their own messages there.
 Later components append their messages here, in their range.
 """
 
@@ -29,7 +30,9 @@ from vstore.wire.errors import LocalProtocolError, RemoteProtocolError
 U8 = Annotated[int, msgspec.Meta(ge=0, le=0xFF)]
 U16 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
 U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
-U64 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF_FFFF_FFFF)]
+#: Non-negative 63-bit integers: msgspec checks bounds only within int64, and every id, index
+#: and term in vstore stays below 2**63 (chunk ids included: the schema is stricter than u64).
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 #: Node ids are short printable names ("mds-1", "cs-07"); they appear in logs and file names.
 NodeIdStr = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 ClusterIdStr = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -61,6 +64,10 @@ class MsgType(enum.IntEnum):
     ERROR_REPLY = 4
     PING_REQUEST = 5
     PING_REPLY = 6
+    # Raft (vstore/wire/raft.py)
+    RAFT_MESSAGE = 300
+    RAFT_SNAPSHOT_CHUNK_REQUEST = 301
+    RAFT_SNAPSHOT_CHUNK_REPLY = 302
     # datagrams
     HEARTBEAT = 350
 

@@ -1,0 +1,589 @@
+"""The asyncio shell around the Raft core: storage, transport, timers, proposals and reads.
+
+One task (``_run``) owns the core; nothing else calls it. It wakes when input arrives
+(peer messages, proposals, read requests, ticks, transport reports), feeds all of it to
+the core, then handles every Ready in the contract's order:
+
+    1. install an incoming snapshot, then persist entries + hard state in ONE LMDB
+       transaction (writer thread; the event loop keeps running during the fsync);
+    2. send the messages;
+    3. apply committed entries in one state-machine transaction (writer thread);
+    4. resolve proposals and reads, then ``advance``.
+
+While step 1 or 3 waits for the disk, new input queues up and is handled together in the
+next round, so one fsync covers everything that arrived meanwhile (group commit). A disk
+error is fatal: the node stops and ``run()`` raises ``FatalStorageError``.
+
+Transport: each peer gets an ``RpcClient`` and a bounded send queue drained by its own
+task; a queue that overflows drops messages (Raft retransmits) and the core is told the
+peer is unreachable. Raft messages are one-way frames; a snapshot streams as
+``RaftSnapshotChunkRequest`` calls (flow-controlled, checksummed) followed by the SNAP
+message itself. Incoming Raft frames are queued synchronously by their handler, so they
+reach the core in the order they arrived.
+
+Concurrency notes (docs/concurrency-raft.md): the core and the pending-proposal tables are
+touched only by ``_run``; ``await``s inside ``_handle_ready`` are the points where other
+tasks (handlers, peer senders) run, and those only append to the input deque.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import secrets
+import shutil
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from vstore.errors import Busy, ConnectionLost, NotLeader, Unavailable, VStoreError
+from vstore.metadata.raft.codec import decode_conf_change
+from vstore.metadata.raft.core import RaftCore
+from vstore.metadata.raft.statemachine import LmdbStateMachine, StaleProposal
+from vstore.metadata.raft.storage import FatalStorageError, RaftLogStore
+from vstore.metadata.raft.types import NotLeaderError, ProposalDropped, RaftConfig, Ready, Role
+from vstore.net import Auth, Limits, RequestContext, Router, RpcClient
+from vstore.wire import Message
+from vstore.wire.raft import (EntryType, RaftMessage, RaftMsgType, RaftSnapshotChunkReply, RaftSnapshotChunkRequest,
+                              SnapshotMeta)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RaftNodeConfig:
+    node_id: str
+    data_dir: Path
+    tick_ms: int = 100
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    #: Keep this many applied entries in the log after compaction, so a follower that was
+    #: briefly away catches up from the log rather than by snapshot.
+    compact_trailing_entries: int = 10_000
+    snapshot_chunk_bytes: int = 1 << 20
+    peer_queue_messages: int = 4096
+    #: Deadline for one one-way send or snapshot chunk to a peer.
+    peer_send_timeout_s: float = 5.0
+    peer_limits: Limits = Limits()
+    #: Peer messages waiting for the Raft task beyond this are dropped (Raft retransmits).
+    max_pending_inputs: int = 65_536
+    #: Addresses of members known before this node has applied a configuration that names
+    #: them (a node joining gets the current membership from the leader when it is added,
+    #: as etcd's member add does). The applied configuration takes precedence.
+    initial_peers: dict[str, str] = field(default_factory=dict)
+
+
+class RaftNode:
+    def __init__(self, config: RaftNodeConfig, log_store: RaftLogStore, state_machine: LmdbStateMachine,
+                 auth: Auth, *, rng: random.Random | None = None, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.log_store = log_store
+        self.sm = state_machine
+        self.auth = auth
+        self._rng = rng or random.Random()
+        self._on_fatal = on_fatal
+        self._recover_log_from_state_machine()
+        index, _ = self.sm.applied()
+        self.core = RaftCore(self.id, _with_applied(config.raft, index), log_store, random.Random(self._rng.random()))
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-writer-{self.id}")
+        self._snapshotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-snap-{self.id}")
+        self._inputs: deque[tuple[Any, ...]] = deque()
+        self._wake = asyncio.Event()
+        self._pending_ticks = 0
+        self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_waiters: list[tuple[int, asyncio.Future[int]]] = []
+        self._applied_event = asyncio.Event()
+        self._peers: dict[str, _PeerLink] = {}
+        self._snapshot_streams: dict[str, asyncio.Task[None]] = {}
+        self._incoming: dict[tuple[str, int, int], _IncomingSnapshot] = {}
+        self._ready_snapshots: dict[int, Path] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = False
+        self.fatal: BaseException | None = None
+        self.leader_id: str | None = None
+        self.role: Role = Role.FOLLOWER
+        self.stats = {"readies": 0, "fsyncs": 0, "entries_persisted": 0, "entries_applied": 0, "messages_sent": 0,
+                      "messages_dropped": 0, "snapshots_sent": 0, "snapshots_installed": 0, "leader_changes": 0}
+        (config.data_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def register(self, router: Router) -> None:
+        """Serve Raft traffic on the node's RPC server (peers authenticate as role mds)."""
+        mds_only = frozenset({"mds"})
+        router.add(RaftMessage, self._on_raft_message, roles=mds_only)
+        router.add(RaftSnapshotChunkRequest, self._on_snapshot_chunk, roles=mds_only)
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name=f"raft-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name=f"raft-tick-{self.id}"))
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the tasks, the peer links and the threads (reverse order of start)."""
+        self._stopped = True
+        for task in list(self._snapshot_streams.values()) + self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._snapshot_streams.values(), *self._tasks, return_exceptions=True)
+        for link in self._peers.values():
+            await link.close()
+        self._fail_all(ConnectionLost(f"raft node {self.id} stopped; outcome unknown"))
+        self._writer.shutdown(wait=True)
+        self._snapshotter.shutdown(wait=True)
+
+    async def wait_fatal(self) -> BaseException:
+        """Resolves if the node stops on a fatal error (the service then exits)."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        return self.fatal or asyncio.CancelledError()
+
+    # ---- the API for the service ------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def leader_address(self) -> str | None:
+        if self.leader_id is None:
+            return None
+        return self.core.addresses.get(self.leader_id)
+
+    async def propose(self, data: bytes) -> Any:
+        """Replicate one command and return its result once applied here.
+
+        Raises NotLeader (with the leader's address when known), Busy (proposal refused:
+        transfer in progress, too much uncommitted), ConnectionLost (leadership lost with
+        the command in flight: it may or may not be applied; retry with the same session
+        sequence number, which makes the retry safe)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._put(("propose", data, future))
+        return await future
+
+    async def read_barrier(self) -> int:
+        """Wait until this node's state machine reflects every write committed before the
+        call started (read-index, thesis §6.4). Returns the read index."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._put(("read", secrets.token_bytes(12), future))
+        return await future
+
+    async def propose_conf_change(self, change: Any) -> None:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._put(("conf_change", change, future))
+        await future
+
+    def transfer_leadership(self, to: str) -> None:
+        self._put(("transfer", to))
+
+    def campaign(self) -> None:
+        self._put(("campaign",))
+
+    def status(self) -> dict[str, Any]:
+        st = self.core.status()
+        return {"id": self.id, "role": st.role.value, "term": st.term, "leader": st.leader, "commit": st.commit,
+                "applied": self.sm.applied()[0], "last_index": st.last_index, "first_index": self.log_store.first_index(),
+                "voters": list(st.voters), "learners": list(st.learners), "progress": st.progress, **self.stats}
+
+    # ---- inputs --------------------------------------------------------------------------------
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        if self._stopped or self.fatal is not None:
+            future = item[-1] if item and isinstance(item[-1], asyncio.Future) else None
+            if future is not None and not future.done():
+                future.set_exception(Unavailable(f"raft node {self.id} is not running"))
+            return
+        self._inputs.append(item)
+        self._wake.set()
+
+    async def _on_raft_message(self, ctx: RequestContext, msg: Message, payload: bytes) -> None:
+        # Queue before any await: frames then reach the core in arrival order.
+        assert isinstance(msg, RaftMessage)
+        if msg.frm != ctx.peer.node_id and msg.type not in (RaftMsgType.READ_INDEX, RaftMsgType.TRANSFER_LEADER):
+            log.warning("raft.spoofed_sender", extra={"peer_node": ctx.peer.node_id, "claimed": msg.frm})
+            return None
+        if len(self._inputs) >= self.config.max_pending_inputs:
+            self.stats["messages_dropped"] += 1
+            return None
+        self._inputs.append(("step", msg))
+        self._wake.set()
+        return None
+
+    async def _ticker(self) -> None:
+        interval_s = self.config.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval_s
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += interval_s
+            if next_at < loop.time():  # the loop was blocked: do not fire a burst of ticks
+                next_at = loop.time() + interval_s
+            self._pending_ticks += 1
+            self._wake.set()
+
+    # ---- the Raft task ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._drain_inputs()
+                while self.core.has_ready():
+                    await self._handle_ready(self.core.ready())
+                    self._drain_inputs()
+                await self._maybe_compact()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.fatal = exc
+            log.critical("raft.fatal", extra={"node": self.id, "error": f"{type(exc).__name__}: {exc}"},
+                         exc_info=not isinstance(exc, FatalStorageError))
+            self._fail_all(Unavailable(f"raft node {self.id} stopped: {exc}"))
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+            raise
+
+    def _drain_inputs(self) -> None:
+        ticks, self._pending_ticks = min(self._pending_ticks, 5), 0
+        for _ in range(ticks):
+            self.core.tick()
+        core = self.core
+        while self._inputs:
+            item = self._inputs.popleft()
+            kind = item[0]
+            if kind == "step":
+                core.step(item[1])
+            elif kind == "propose":
+                _, data, future = item
+                if future.cancelled():
+                    continue
+                try:
+                    index = core.propose(data)
+                except NotLeaderError as exc:
+                    future.set_exception(self._not_leader(exc.leader))
+                except ProposalDropped as exc:
+                    future.set_exception(Busy(f"proposal refused: {exc}"))
+                else:
+                    self._proposals[index] = (core.term, future)
+            elif kind == "read":
+                _, context, future = item
+                try:
+                    core.read_index(context)
+                except NotLeaderError as exc:
+                    future.set_exception(self._not_leader(exc.leader))
+                else:
+                    self._reads[context] = future
+            elif kind == "conf_change":
+                _, change, future = item
+                try:
+                    index = core.propose_conf_change(change)
+                except NotLeaderError as exc:
+                    future.set_exception(self._not_leader(exc.leader))
+                except ProposalDropped as exc:
+                    future.set_exception(Busy(f"configuration change refused: {exc}"))
+                else:
+                    self._proposals[index] = (core.term, future)
+            elif kind == "transfer":
+                try:
+                    core.transfer_leader(item[1])
+                except NotLeaderError:
+                    pass
+            elif kind == "campaign":
+                core.campaign()
+            elif kind == "unreachable":
+                core.report_unreachable(item[1])
+            elif kind == "snapshot_done":
+                core.report_snapshot(item[1], item[2])
+
+    def _not_leader(self, leader: str | None) -> NotLeader:
+        address = self.core.addresses.get(leader) if leader else None
+        return NotLeader(f"{self.id} is not the leader" + (f"; try {leader} at {address}" if address else ""),
+                         details={"leader": address or "", "leader_id": leader or ""})
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        self.stats["readies"] += 1
+        if rd.snapshot is not None:
+            file = self._ready_snapshots.pop(rd.snapshot.index, None)
+            if file is None:
+                raise FatalStorageError(f"snapshot {rd.snapshot.index} to install but its data never arrived")
+            await loop.run_in_executor(self._writer, self.sm.install_snapshot, file, rd.snapshot)
+            self.stats["snapshots_installed"] += 1
+            log.info("raft.snapshot_installed", extra={"node": self.id, "index": rd.snapshot.index})
+        if rd.must_sync:
+            # <- await: the loop runs handlers and peer senders while the fsync happens
+            await loop.run_in_executor(self._writer, self.log_store.persist, rd)
+            self.stats["fsyncs"] += 1
+            self.stats["entries_persisted"] += len(rd.entries)
+        for m in rd.messages:
+            self._send(m)
+        if rd.committed_entries:
+            entries = list(rd.committed_entries)
+            conf_states = {}
+            for entry in entries:
+                if entry.type == EntryType.CONF_CHANGE:
+                    conf_states[entry.index] = self.core.apply_conf_change(decode_conf_change(entry.data))
+            # <- await: one state-machine transaction for the whole batch
+            results = await loop.run_in_executor(self._writer, self.sm.apply, entries, conf_states)
+            self.stats["entries_applied"] += len(entries)
+            for entry, result in zip(entries, results):
+                pending = self._proposals.pop(entry.index, None)
+                if pending is None:
+                    continue
+                term, future = pending
+                if future.done():
+                    continue
+                if term != entry.term:
+                    future.set_exception(ConnectionLost(f"proposal at index {entry.index} was replaced by another "
+                                                        f"leader's entry; retry it"))
+                elif isinstance(result, StaleProposal):
+                    future.set_exception(Busy(str(result)))
+                else:
+                    future.set_result(result)
+            if conf_states:
+                self._update_peers()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        for rs in rd.read_states:
+            future = self._reads.pop(rs.context, None)
+            if future is not None and not future.done():
+                self._read_waiters.append((rs.index, future))
+        self.core.advance(rd)
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        applied = self.sm.applied()[0]
+        waiting = []
+        for index, future in self._read_waiters:
+            if future.done():
+                continue
+            if applied >= index:
+                future.set_result(index)
+            else:
+                waiting.append((index, future))
+        self._read_waiters = waiting
+
+    def _on_soft_state(self, role: Role, leader: str | None) -> None:
+        was_leader = self.role is Role.LEADER
+        if leader != self.leader_id:
+            self.stats["leader_changes"] += 1
+            log.info("raft.leader_changed", extra={"node": self.id, "leader": leader, "term": self.core.term,
+                                                   "role": role.value})
+        self.role, self.leader_id = role, leader
+        if was_leader and role is not Role.LEADER:
+            # Our proposals may still commit under the next leader, or not: the outcome is
+            # unknown, and the client's session makes its retry safe.
+            self._fail_all(ConnectionLost(f"{self.id} lost the leadership; outcome unknown, retry"))
+        self._update_peers()
+
+    def _fail_all(self, exc: VStoreError) -> None:
+        proposals, self._proposals = self._proposals, {}
+        reads, self._reads = self._reads, {}
+        waiters, self._read_waiters = self._read_waiters, []
+        for future in [f for _, f in proposals.values()] + list(reads.values()) + [f for _, f in waiters]:
+            if not future.done():
+                future.set_exception(exc)
+
+    async def _maybe_compact(self) -> None:
+        applied = self.sm.applied()[0]
+        trailing = self.config.compact_trailing_entries
+        if applied - self.log_store.first_index() > 2 * trailing:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.log_store.compact, applied - trailing)
+
+    def _recover_log_from_state_machine(self) -> None:
+        """After a crash between installing a snapshot into the state machine and marking it
+        in the log, the log may end before the applied index: mark the snapshot now."""
+        index, term = self.sm.applied()
+        if index == 0:
+            return
+        try:
+            matches = self.log_store.term(index) == term
+        except Exception:
+            matches = False
+        if not matches and index >= self.log_store.first_index() - 1:
+            log.warning("raft.log_behind_state", extra={"node": self.id, "applied": index,
+                                                        "last_index": self.log_store.last_index()})
+            self.log_store.persist(Ready(snapshot=self.sm.snapshot_meta()))
+
+    # ---- transport: sending ----------------------------------------------------------------------
+
+    def _update_peers(self) -> None:
+        members = set(self.core.voters) | set(self.core.learners)
+        if not members:
+            return  # no configuration applied yet: keep talking to whoever talks to us
+        for peer in list(self._peers):
+            if peer not in members:
+                link = self._peers.pop(peer)
+                asyncio.ensure_future(link.close())
+
+    def _link(self, peer: str) -> _PeerLink | None:
+        link = self._peers.get(peer)
+        if link is None:
+            address = self.core.addresses.get(peer) or self.config.initial_peers.get(peer)
+            if not address:
+                return None
+            link = _PeerLink(self, peer, _parse_address(address))
+            self._peers[peer] = link
+        return link
+
+    def _send(self, m: RaftMessage) -> None:
+        if m.type == RaftMsgType.SNAP:
+            if m.to not in self._snapshot_streams:
+                task = asyncio.create_task(self._stream_snapshot(m), name=f"raft-snap-{self.id}-{m.to}")
+                self._snapshot_streams[m.to] = task
+                task.add_done_callback(lambda _t, to=m.to: self._snapshot_streams.pop(to, None))
+            return
+        link = self._link(m.to)
+        if link is None:
+            self.stats["messages_dropped"] += 1
+            return
+        link.enqueue(m)
+
+    async def _stream_snapshot(self, m: RaftMessage) -> None:
+        link = self._link(m.to)
+        ok = False
+        workdir = self.config.data_dir / "snapshots" / f"out-{m.to}"
+        try:
+            if link is None:
+                return
+            loop = asyncio.get_running_loop()
+            file, meta = await loop.run_in_executor(self._snapshotter, self.sm.export_snapshot, workdir)
+            total = file.stat().st_size
+            hasher = xxhash.xxh3_64()
+            log.info("raft.snapshot_sending", extra={"node": self.id, "to": m.to, "index": meta.index, "bytes": total})
+            with open(file, "rb") as fh:
+                offset = 0
+                while True:
+                    chunk = await loop.run_in_executor(self._snapshotter, fh.read, self.config.snapshot_chunk_bytes)
+                    hasher.update(chunk)
+                    done = offset + len(chunk) >= total
+                    await link.client.call(RaftSnapshotChunkRequest(index=meta.index, term=meta.term, offset=offset,
+                                                                    total_bytes=total, done=done,
+                                                                    file_hash=hasher.intdigest() if done else 0),
+                                           chunk, deadline_s=self.config.peer_send_timeout_s * 4)
+                    offset += len(chunk)
+                    if done:
+                        break
+            link.enqueue(RaftMessage(type=RaftMsgType.SNAP, to=m.to, frm=self.id, term=m.term, snapshot=meta))
+            self.stats["snapshots_sent"] += 1
+            ok = True
+        except (VStoreError, OSError) as exc:
+            log.warning("raft.snapshot_send_failed", extra={"node": self.id, "to": m.to, "error": str(exc)})
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            self._put(("snapshot_done", m.to, ok))
+
+    # ---- transport: receiving snapshots -------------------------------------------------------------
+
+    async def _on_snapshot_chunk(self, ctx: RequestContext, msg: Message, payload: bytes) -> RaftSnapshotChunkReply:
+        assert isinstance(msg, RaftSnapshotChunkRequest)
+        key = (ctx.peer.node_id, msg.index, msg.term)
+        incoming = self._incoming.get(key)
+        if msg.offset == 0:
+            for old in [k for k in self._incoming if k[0] == ctx.peer.node_id]:
+                self._incoming.pop(old).discard()
+            path = self.config.data_dir / "snapshots" / f"in-{ctx.peer.node_id}-{msg.index}-{msg.term}.mdb"
+            incoming = _IncomingSnapshot(path, msg.total_bytes)
+            self._incoming[key] = incoming
+        if incoming is None or msg.offset != incoming.received or msg.total_bytes != incoming.total:
+            raise Busy(f"snapshot {msg.index} chunk at {msg.offset} out of order; restart the transfer")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._snapshotter, incoming.write, payload)
+        if msg.done:
+            self._incoming.pop(key, None)
+            ok = await loop.run_in_executor(self._snapshotter, incoming.finish, msg.file_hash)
+            if not ok:
+                raise Busy(f"snapshot {msg.index} failed its checksum; restart the transfer")
+            for index in [i for i in self._ready_snapshots if i != msg.index]:
+                self._ready_snapshots.pop(index).unlink(missing_ok=True)
+            self._ready_snapshots[msg.index] = incoming.path
+        return RaftSnapshotChunkReply(received_bytes=incoming.received)
+
+
+class _IncomingSnapshot:
+    def __init__(self, path: Path, total: int) -> None:
+        self.path = path
+        self.total = total
+        self.received = 0
+        self.hasher = xxhash.xxh3_64()
+        self.fh = open(path, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.hasher.update(data)
+        self.received += len(data)
+
+    def finish(self, expected_hash: int) -> bool:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        if self.received != self.total or self.hasher.intdigest() != expected_hash:
+            self.path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def discard(self) -> None:
+        self.fh.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _PeerLink:
+    """One peer: an authenticated client and a bounded queue drained by one task."""
+
+    def __init__(self, node: RaftNode, peer: str, address: tuple[str, int]) -> None:
+        self.node = node
+        self.peer = peer
+        self.client = RpcClient(address, node.auth, expected_role="mds", limits=node.config.peer_limits,
+                                default_deadline_s=node.config.peer_send_timeout_s)
+        self.queue: deque[RaftMessage] = deque()
+        self.ready = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"raft-peer-{node.id}-{peer}")
+        self._failures = 0
+
+    def enqueue(self, m: RaftMessage) -> None:
+        if len(self.queue) >= self.node.config.peer_queue_messages:
+            self.queue.clear()  # a peer this far behind needs a fresh probe, not stale appends
+            self.node.stats["messages_dropped"] += 1
+            self.node._put(("unreachable", self.peer))
+        self.queue.append(m)
+        self.ready.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.queue:
+                m = self.queue.popleft()
+                try:
+                    await self.client.send_oneway(m)
+                    self.node.stats["messages_sent"] += 1
+                    self._failures = 0
+                except VStoreError as exc:
+                    self.node.stats["messages_dropped"] += 1 + len(self.queue)
+                    self.queue.clear()
+                    self._failures += 1
+                    if self._failures in (1, 10, 100) or self._failures % 1000 == 0:
+                        log.info("raft.peer_unreachable", extra={"node": self.node.id, "peer": self.peer,
+                                                                 "error": exc.message, "failures": self._failures})
+                    self.node._put(("unreachable", self.peer))
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.close()
+
+
+def _parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _with_applied(config: RaftConfig, applied: int) -> RaftConfig:
+    return dataclasses.replace(config, applied=applied)

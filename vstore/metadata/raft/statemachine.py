@@ -1,0 +1,209 @@
+"""The replicated state machine's durable half, in its own LMDB environment.
+
+``LmdbStateMachine`` owns what every state machine on Raft needs, and subclasses add the
+tables and commands of their domain (the metadata service's namespace, a test key-value
+store):
+
+* **Exactly once.** Every command travels in a ``Proposal`` envelope with the client's id
+  and sequence number. The ``sessions`` table keeps each client's last sequence number and
+  reply; a retried proposal (the client did not hear the answer, the leader changed) gets
+  the stored reply and is not applied again (Raft thesis §6.3).
+* **Applied index in the same transaction as the effects**, with the configuration and
+  the sessions: after a crash the state is exactly "everything up to applied", so a
+  restart never re-applies an entry and never skips one.
+* **Snapshots are the environment itself**: ``export_snapshot`` writes a compacted copy
+  from one read transaction (a consistent point, taken while writes go on), and
+  ``install_snapshot`` swaps a received copy in atomically (write, fsync, rename, fsync dir).
+
+Layout (named databases; subclasses add their own):
+
+    meta      b"applied"      16 bytes: index, term (big-endian)
+              b"conf_state"   msgpack ConfState
+    sessions  client id       msgpack (seq, reply)
+
+All methods block; the Raft shell calls them from its writer thread.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgspec
+
+from vstore.metadata.raft.codec import decode_conf_state, encode_conf_state
+from vstore.metadata.raft.storage import FatalStorageError
+from vstore.wire.raft import ConfState, Entry, EntryType, SnapshotMeta
+
+_APPLIED = struct.Struct(">QQ")
+_encoder = msgspec.msgpack.Encoder()
+
+
+class Proposal(msgspec.Struct, array_like=True, frozen=True):
+    """The envelope of every command in the log. ``client_id`` empty: no session (the
+    command is idempotent by itself, e.g. issued by the leader)."""
+
+    client_id: str
+    seq: int
+    body: bytes
+
+
+_proposal_decoder = msgspec.msgpack.Decoder(Proposal)
+_session_decoder = msgspec.msgpack.Decoder(tuple[int, bytes])
+
+
+def encode_proposal(client_id: str, seq: int, body: bytes) -> bytes:
+    return _encoder.encode(Proposal(client_id, seq, body))
+
+
+class StaleProposal(Exception):
+    """A proposal older than the client's last one: its answer is gone; the client has
+    long moved on. Reported, never applied."""
+
+
+class LmdbStateMachine:
+    #: Named databases a subclass needs besides meta and sessions.
+    TABLES: tuple[bytes, ...] = ()
+
+    def __init__(self, path: str | Path, *, map_size_bytes: int = 1 << 30) -> None:
+        self.path = Path(path)
+        self.map_size_bytes = map_size_bytes
+        self._open()
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(self.path), map_size=self.map_size_bytes, max_dbs=8 + len(self.TABLES), sync=True,
+                             metasync=True, writemap=False, subdir=True, readahead=False)
+        self._meta = self.env.open_db(b"meta")
+        self._sessions = self.env.open_db(b"sessions")
+        self.tables = {name: self.env.open_db(name) for name in self.TABLES}
+        with self.env.begin() as txn:
+            raw = txn.get(b"applied", db=self._meta)
+            self._applied = _APPLIED.unpack(raw) if raw else (0, 0)
+            raw = txn.get(b"conf_state", db=self._meta)
+            self._conf_state = decode_conf_state(raw) if raw else ConfState()
+
+    # ---- what the Raft shell reads ------------------------------------------------------------
+
+    def applied(self) -> tuple[int, int]:
+        return self._applied
+
+    def conf_state(self) -> ConfState:
+        return self._conf_state
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        index, term = self._applied
+        return SnapshotMeta(index=index, term=term, conf_state=self._conf_state)
+
+    # ---- applying --------------------------------------------------------------------------------
+
+    def apply(self, entries: list[Entry], conf_states: dict[int, ConfState]) -> list[Any]:
+        """Apply committed entries in order, in ONE durable transaction with the applied
+        index, the configuration and the sessions. Returns one result per entry (None for
+        no-ops and configuration changes)."""
+        results: list[Any] = []
+        applied = self._applied
+        conf_state = self._conf_state
+        try:
+            with self.env.begin(write=True) as txn:
+                for entry in entries:
+                    assert entry.index == applied[0] + 1, f"apply out of order: {entry.index} after {applied[0]}"
+                    if entry.type == EntryType.CONF_CHANGE:
+                        conf_state = conf_states[entry.index]
+                        txn.put(b"conf_state", encode_conf_state(conf_state), db=self._meta)
+                        results.append(None)
+                    elif entry.data:
+                        results.append(self._apply_proposal(txn, entry))
+                    else:
+                        results.append(None)  # a leader's no-op
+                    applied = (entry.index, entry.term)
+                txn.put(b"applied", _APPLIED.pack(*applied), db=self._meta)
+        except lmdb.Error as exc:  # MapFullError included: the entry cannot be applied here
+            raise FatalStorageError(f"cannot apply to the state machine in {self.path}: {exc}") from exc
+        self._applied = applied
+        self._conf_state = conf_state
+        return results
+
+    def _apply_proposal(self, txn: lmdb.Transaction, entry: Entry) -> Any:
+        proposal = _proposal_decoder.decode(entry.data)
+        if proposal.client_id:
+            key = proposal.client_id.encode()
+            raw = txn.get(key, db=self._sessions)
+            if raw is not None:
+                last_seq, last_reply = _session_decoder.decode(raw)
+                if proposal.seq == last_seq:
+                    return msgspec.msgpack.decode(last_reply)  # a retry: the stored answer, not a second apply
+                if proposal.seq < last_seq:
+                    return StaleProposal(f"client {proposal.client_id} seq {proposal.seq} < {last_seq}")
+        result = self.apply_command(txn, proposal.body, entry.index, entry.term)
+        if proposal.client_id:
+            txn.put(proposal.client_id.encode(), _encoder.encode((proposal.seq, _encoder.encode(result))),
+                    db=self._sessions)
+        return result
+
+    def apply_command(self, txn: lmdb.Transaction, body: bytes, index: int, term: int) -> Any:
+        """Apply one command inside ``txn``; return its (msgpack-able) reply. Deterministic:
+        everything it needs is in ``body`` (the leader chose ids and times)."""
+        raise NotImplementedError
+
+    # ---- snapshots -------------------------------------------------------------------------------------
+
+    def export_snapshot(self, directory: Path) -> tuple[Path, SnapshotMeta]:
+        """Write a consistent compacted copy of the state into ``directory``; returns the file
+        and the snapshot it holds (read from the same transaction as the copy)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"export-{os.getpid()}-{id(self)}"
+        target.mkdir(exist_ok=True)
+        with self.env.begin() as txn:
+            raw = txn.get(b"applied", db=self._meta)
+            index, term = _APPLIED.unpack(raw) if raw else (0, 0)
+            raw = txn.get(b"conf_state", db=self._meta)
+            conf_state = decode_conf_state(raw) if raw else ConfState()
+            self.env.copy(str(target), compact=True, txn=txn)
+        return target / "data.mdb", SnapshotMeta(index=index, term=term, conf_state=conf_state)
+
+    def install_snapshot(self, file: Path, meta: SnapshotMeta) -> None:
+        """Replace the whole state with a received snapshot file, atomically."""
+        staged = self.path.with_name(self.path.name + ".incoming")
+        staged.mkdir(exist_ok=True)
+        os.replace(file, staged / "data.mdb")
+        _fsync_path(staged / "data.mdb")
+        _fsync_path(staged)
+        check = lmdb.open(str(staged), readonly=True, max_dbs=8 + len(self.TABLES), lock=False)
+        try:
+            with check.begin() as txn:
+                raw = txn.get(b"applied", db=check.open_db(b"meta", txn=txn, create=False))
+                got = _APPLIED.unpack(raw) if raw else (0, 0)
+        finally:
+            check.close()
+        if got != (meta.index, meta.term):
+            raise FatalStorageError(f"snapshot file holds applied {got}, expected {(meta.index, meta.term)}")
+        self.env.close()
+        retired = self.path.with_name(self.path.name + ".old")
+        if retired.exists():
+            _remove_tree(retired)
+        os.replace(self.path, retired)
+        os.replace(staged, self.path)
+        _fsync_path(self.path.parent)
+        _remove_tree(retired)
+        self._open()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
