@@ -9,7 +9,10 @@ fault tests (float ``time.monotonic()`` readings taken in one client process).
 
 A history is linearizable (Herlihy & Wing 1990) when every operation can be given a single
 instant between its invocation and its response such that applying the operations in the
-order of those instants to a sequential model reproduces every recorded output.
+order of those instants to a sequential model reproduces every recorded output. An op
+that never returned (``complete is None``: timed out, connection lost) may or may not have
+taken effect; if it did, its instant is any time after its invocation and its output is
+not checked.
 
 The search is Wing & Gong's (1993), with Lowe's memoisation ("Testing for linearizability",
 Concurrency and Computation 2017), in the shape of porcupine's ``checkSingle``
@@ -18,9 +21,8 @@ Concurrency and Computation 2017), in the shape of porcupine's ``checkSingle``
 1. Every op contributes two events, its call and its return, sorted by time into a doubly
    linked list. At equal times calls sort before returns, so ops that merely touch are
    treated as concurrent: the permissive reading, since an integer clock cannot order
-   events inside one unit. An op whose outcome is unknown (``complete is None``: it timed
-   out, it may or may not have taken effect) returns at +infinity, after every other event,
-   and its output is not checked.
+   events inside one unit. An op whose outcome is unknown returns at +infinity, after
+   every other event.
 2. Walk the list from the head. At a call, ask the model whether that op can take effect
    now (its output matches, in the current state). If so, and the pair (set of linearised
    ops, new model state) has never been seen, push (op, old state) on an explicit stack,
@@ -28,8 +30,9 @@ Concurrency and Computation 2017), in the shape of porcupine's ``checkSingle``
    the next call.
 3. Reaching a return means the op it belongs to must already have taken effect but could
    not: backtrack by popping the stack, *unlifting* that op and trying the call after it.
-   An empty stack at a return means no linearisation exists. An empty list means every op
-   has been placed: the history is linearizable.
+   An empty stack at a return means no linearisation exists. Reaching the tail, or a return
+   at +infinity, means every op that did return has been placed: the history is
+   linearizable (ops still unplaced never returned, and are taken not to have happened).
 
 The memo is what makes this fast (Lowe): two different interleavings that reach the same
 set of linearised ops *and* the same state have identical futures, so the second is cut.
@@ -41,8 +44,21 @@ is local, so a history over independent objects is linearizable iff each object'
 sub-history is. ``Model.partition`` splits the history (by ``Op.key`` unless a model says
 otherwise) and each part is searched on its own: the cost becomes a sum, not a product.
 
-The search is exponential in the worst case (the problem is NP-complete, Gibbons & Korach
-1997), so it stops after ``max_steps`` iterations per partition and says "unknown"
+Ops that never returned are where WGL checkers blow up: each is concurrent with everything
+after its invocation, so the search tries it at every point, in every combination with the
+others (Knossos and porcupine both suffer this). Exact reductions keep them cheap; none
+changes a verdict, each only cuts search:
+
+* such an op is never *required*: the search does not place one where it would leave the
+  state unchanged (leaving it out is always at least as good), and stops once only such
+  ops remain;
+* ``Model.partition`` may drop the ones that provably cannot matter (a read that never
+  returned; a write whose value no read ever saw, see ``KVModel``);
+* ``Model.for_partition`` may specialise the model with what the whole partition shows
+  (``KVModel`` uses the longest read of an append-only key to fix the order of appends).
+
+The search is still exponential in the worst case (the problem is NP-complete, Gibbons &
+Korach 1997), so it stops after ``max_steps`` iterations per partition and says "unknown"
 (``CheckResult.ok is None``) rather than run for ever. Low-concurrency histories cost a few
 steps per op.
 
@@ -63,9 +79,9 @@ __all__ = [
     "partition_by_key",
 ]
 
-#: Default per-partition step cap. A low-concurrency partition needs only a few steps per op,
-#: so a million is far above any honest history of a few thousand ops (well under 10 s of
-#: Python), while bounding the exponential worst case of a highly concurrent one.
+#: Default per-partition step cap. A low-concurrency partition needs a few steps per op (a
+#: step is a few microseconds), so a million is far above any honest history of a few
+#: thousand ops, while bounding the exponential worst case to seconds, not hours.
 DEFAULT_MAX_STEPS = 1_000_000
 
 #: Outputs a write acknowledges with: kvsm and the simulator answer "ok", a dict-backed fake None.
@@ -169,8 +185,15 @@ class Model(Protocol):
     ``step(state, op)`` returns (whether op's recorded output is what applying op in
     ``state`` produces, the state after applying it). For an op with ``complete is None``
     any output must be accepted; only its effect matters. ``step`` is only called on ops of
-    one partition. ``partition`` defaults to splitting by ``Op.key``; a model whose ops span
-    objects (a rename between two directories) partitions more coarsely.
+    one partition.
+
+    The other two have defaults. They make the search cheaper and never change a verdict:
+
+    * ``partition(ops)`` splits a history into independent parts (default: by ``Op.key``;
+      a model whose ops span objects, a rename between directories, splits more coarsely).
+      It may leave out unknown-outcome ops that provably cannot change the verdict.
+    * ``for_partition(ops)`` may return a model specialised to one part, whose ``step``
+      rejects, besides what ``step`` rejects, only steps no linearisation of those ops takes.
     """
 
     def init(self) -> Hashable: ...
@@ -180,12 +203,20 @@ class Model(Protocol):
     def partition(self, ops: Sequence[Op]) -> dict[Hashable, list[Op]]:
         return partition_by_key(ops)
 
+    def for_partition(self, ops: Sequence[Op]) -> Model:
+        return self
+
 
 def _freeze(value: Any) -> Any:
     """Make an output comparable with a state: lists are tuples (msgpack decodes arrays as lists),
     sets frozensets, dicts sorted item tuples."""
     if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
+        frozen = tuple(value)
+        try:
+            hash(frozen)   # a hashable tuple needs no per-element work: hash() runs in C
+            return frozen
+        except TypeError:
+            return tuple(_freeze(v) for v in value)
     if isinstance(value, (set, frozenset)):
         return frozenset(_freeze(v) for v in value)
     if isinstance(value, dict):
@@ -202,12 +233,12 @@ def _observed(ops: Sequence[Op], reads: frozenset[str]) -> list[Any]:
     return [_freeze(op.output) for op in ops if op.kind in reads and op.complete is not None]
 
 
-def _hashable(value: Any) -> bool:
+def _maybe_in(value: Any, seen: set[Any]) -> bool:
+    """``value in seen``, erring on "yes" for an unhashable value."""
     try:
-        hash(value)
+        return value in seen
     except TypeError:
-        return False
-    return True
+        return True
 
 
 def _prune_unknown(ops: list[Op], reads: frozenset[str], unobserved: Callable[[Op], bool]) -> list[Op]:
@@ -217,10 +248,8 @@ def _prune_unknown(ops: list[Op], reads: frozenset[str], unobserved: Callable[[O
     value no read ever saw (``unobserved``) may be taken to have never happened: were it
     linearised anywhere, every later read would show it, so it can only sit after the last
     read, where it changes no output. Left in, each such op is concurrent with every later
-    op and the search tries it at every point and in every combination with the others,
-    which is exponential in how many a client gave up on (Knossos and porcupine both suffer
-    this); dropped, it costs nothing. Both rules are exact, not heuristics: the verdict
-    is the same with and without the dropped ops.
+    op and the search tries it at every point; dropped, it costs nothing. Both rules are
+    exact, not heuristics: the verdict is the same with and without the dropped ops.
     """
     return [op for op in ops
             if op.complete is not None or not (op.kind in reads or unobserved(op))]
@@ -245,9 +274,12 @@ class KVModel(Model):
 
     ``append`` makes the register an accumulator (the state is a tuple, absent reads as
     ``()``) so that a lost or a doubly-applied write shows in every later read; appending to
-    a key holding a non-tuple value is an error the model rejects. Values are compared after
-    turning lists into tuples, so outputs decoded from msgpack compare equal. ``put(None)``
-    is indistinguishable from ``delete``.
+    a key holding a non-tuple value is an error the model rejects (or, for an append that
+    never returned, takes as not having happened). A ``put`` of a tuple lets one key take
+    both. Values are compared after turning lists into tuples, so outputs decoded from
+    msgpack compare equal. ``put(None)`` is indistinguishable from ``delete``.
+
+    Every op that never returned is accepted, whatever its output; only its effect counts.
     """
 
     READS = frozenset({"get", "read"})
@@ -301,21 +333,60 @@ class KVModel(Model):
     def _prune(self, ops: list[Op]) -> list[Op]:
         kinds = {op.kind for op in ops}
         outputs = _observed(ops, self.READS)
-        if kinds <= self.READS | {"append"}:
-            elements = [e for out in outputs if isinstance(out, tuple) for e in out]
-            if all(_hashable(e) for e in elements):
-                seen = set(elements)
+        seen: set[Any] = set()
+        try:
+            if kinds <= self.READS | {"append"}:
+                for out in outputs:
+                    if isinstance(out, tuple):
+                        seen.update(out)
                 return _prune_unknown(ops, self.READS, lambda op: op.kind == "append" and not any(
-                    e in seen for e in self._elements(op)))
-        elif kinds <= self.READS | {"put", "delete"} and not any(
-                op.kind == "delete" and isinstance(op.output, bool) for op in ops):
-            values = [_freeze(op.input) for op in ops if op.kind == "put"] + outputs
-            if all(_hashable(v) for v in values):
-                # None and () both read as "absent", so either one observes a put of the other
-                seen = set(outputs) | ({None, ()} if any(_empty(out) for out in outputs) else set())
-                return _prune_unknown(ops, self.READS, lambda op: op.kind == "put" and _freeze(
-                    op.input) not in seen)
+                    _maybe_in(e, seen) for e in self._elements(op)))
+            if kinds <= self.READS | {"put", "delete"} and not any(
+                    op.kind == "delete" and isinstance(op.output, bool) for op in ops):
+                seen.update(outputs)
+                if any(_empty(out) for out in outputs):
+                    seen.update((None, ()))   # both read as "absent": either observes a put of the other
+                return _prune_unknown(ops, self.READS, lambda op: op.kind == "put" and not _maybe_in(
+                    _freeze(op.input), seen))
+        except TypeError:
+            pass   # an unhashable value read: keep every unknown write rather than guess
         return _prune_unknown(ops, self.READS, lambda op: False)
+
+    def for_partition(self, ops: Sequence[Op]) -> Model:
+        """For a key holding only appends and reads, a model that also requires every state
+        to be prefix-comparable with the longest read (see ``_AppendOnlyKV``); else self."""
+        if not {op.kind for op in ops} <= self.READS | {"append"}:
+            return self
+        outputs = [out for out in _observed(ops, self.READS) if isinstance(out, tuple)]
+        return _AppendOnlyKV(max(outputs, key=len, default=()))
+
+class _AppendOnlyKV(KVModel):
+    """``KVModel`` for a key holding only appends and reads, told the longest read ``witness``.
+
+    The state only grows, so each state is a prefix of every read linearised after it, and
+    the read returning ``witness`` is the last read (all others return prefixes of it, or
+    the history is not linearizable whatever the search does). So every state of every
+    linearisation is prefix-comparable with ``witness``: a prefix of it before that read,
+    an extension after. Rejecting other appends is exact, and it is what keeps the search
+    polynomial: without it, the order of concurrent appends is only checked at the next
+    read, and a run of appends that no read separates is tried in every order (k! states
+    that the memo cannot merge, because the states differ). This is the same observation
+    Elle's list-append checker is built on (Kingsbury & Alvaro 2020): reads of an
+    append-only list reveal the order of the writes.
+    """
+
+    def __init__(self, witness: tuple[Any, ...]) -> None:
+        self.witness = witness
+
+    def step(self, state: Any, op: Op) -> tuple[bool, Any]:
+        ok, new_state = super().step(state, op)
+        if ok and op.kind == "append" and isinstance(new_state, tuple):
+            # the previous state was comparable (every state got here through this check),
+            # so only the newly appended elements need comparing
+            lo, hi = len(state or ()), min(len(new_state), len(self.witness))
+            if lo < hi and new_state[lo:hi] != self.witness[lo:hi]:
+                return False, state
+        return ok, new_state
 
 
 class SetModel(Model):
@@ -343,9 +414,11 @@ class SetModel(Model):
         parts = partition_by_key(ops)
         pruned = {}
         for key, part in parts.items():
-            seen = {e for out in _observed(part, self.READS) for e in out}
+            seen: set[Any] = set()
+            for out in _observed(part, self.READS):
+                seen.update(out)
             pruned[key] = _prune_unknown(part, self.READS,
-                                         lambda op: op.kind == "add" and _freeze(op.input) not in seen)
+                                         lambda op: op.kind == "add" and not _maybe_in(_freeze(op.input), seen))
         return pruned
 
 
@@ -403,8 +476,8 @@ class CheckResult:
         lines.append(f"model state after it: {out.state!r}")
         if out.blocking is not None:
             end = out.blocking.complete
-            lines.append(f"then this op returned (at {end:g}) but cannot take effect before it:"
-                         if end is not None else "then this op cannot take effect:")
+            assert end is not None, "an op that never returned is never required, so never blocks"
+            lines.append(f"then this op returned (at {end:g}) but cannot take effect before it:")
             lines.append(f"        {out.blocking.describe()}{self._why(out.blocking)}")
         others = [op for op in out.pending if op is not out.blocking]
         if others:
@@ -441,8 +514,9 @@ def check(history: Iterable[Op], model: Model, *, max_steps: int = DEFAULT_MAX_S
     parts = partition(ops)
     steps = 0
     undecided: PartitionOutcome | None = None
+    specialise: Callable[[Sequence[Op]], Model] | None = getattr(model, "for_partition", None)
     for key, part in parts.items():
-        outcome = _check_partition(key, part, model, max_steps)
+        outcome = _check_partition(key, part, specialise(part) if specialise else model, max_steps)
         steps += outcome.steps
         if outcome.ok is False:
             return CheckResult(False, key, len(parts), len(ops), steps, outcome, model)
@@ -464,6 +538,8 @@ def _check_partition(key: Hashable, ops: Sequence[Op], model: Model, max_steps: 
             raise ValueError(f"invoke time must be finite: {op.describe()}")
         if op.complete is None:
             end = math.inf
+        elif not math.isfinite(op.complete):
+            raise ValueError(f"complete time must be finite (None if the op never returned): {op.describe()}")
         elif op.complete < op.invoke:
             raise ValueError(f"op completes before it is invoked: {op.describe()}")
         else:
@@ -476,6 +552,11 @@ def _check_partition(key: Hashable, ops: Sequence[Op], model: Model, max_steps: 
     is_call = [False] * (tail + 1)
     match = [0] * (tail + 1)
     call_node = [0] * n
+    # optional[i]: op i never returned, so it may be left out. Reaching its return (at
+    # +infinity) means only such ops are left: success.
+    optional = [op.complete is None for op in ops]
+    done = [False] * (tail + 1)
+    done[tail] = True
     for pos, (_, kind, i) in enumerate(events, start=1):
         node_op[pos] = i
         if kind == 0:
@@ -484,6 +565,7 @@ def _check_partition(key: Hashable, ops: Sequence[Op], model: Model, max_steps: 
         else:
             match[call_node[i]] = pos
             match[pos] = call_node[i]
+            done[pos] = optional[i]
     nxt = list(range(1, tail + 2))
     prv = list(range(-1, tail))
 
@@ -493,18 +575,23 @@ def _check_partition(key: Hashable, ops: Sequence[Op], model: Model, max_steps: 
     linearized = 0
     seen: set[tuple[int, Any]] = set()
     stack: list[tuple[int, Any]] = []    # (call node lifted, state before it)
-    best_depth = -1
+    # The dead end reported is the one with the most *returned* ops placed: counting ops
+    # that never returned would favour branches that placed them only to fail sooner.
+    placed_known = 0
+    best_known = -1
     best: tuple[list[int], Any, int] = ([], state, 0)   # (op ids, state, return node reached)
     steps = 0
     entry = nxt[head]
-    while nxt[head] != tail:
+    while True:
         steps += 1
         if steps > max_steps:
             return PartitionOutcome(key, None, steps - 1, tuple(ops))
         if is_call[entry]:
             i = node_op[entry]
             accepted, new_state = step(state, ops[i])
-            if accepted:
+            # An optional op that changes nothing is never worth placing: leaving it out
+            # keeps every option placing it here would have.
+            if accepted and not (optional[i] and new_state == state):
                 new_linearized = linearized | bit[i]
                 memo = (new_linearized, new_state)
                 if memo not in seen:
@@ -512,6 +599,7 @@ def _check_partition(key: Hashable, ops: Sequence[Op], model: Model, max_steps: 
                     stack.append((entry, state))
                     state = new_state
                     linearized = new_linearized
+                    placed_known += not optional[i]
                     # lift: unlink the call and its return
                     ret = match[entry]
                     nxt[prv[entry]] = nxt[entry]
@@ -521,15 +609,19 @@ def _check_partition(key: Hashable, ops: Sequence[Op], model: Model, max_steps: 
                     entry = nxt[head]
                     continue
             entry = nxt[entry]
+        elif done[entry]:
+            return PartitionOutcome(key, True, steps, tuple(ops))
         else:
             # A return: its op should have taken effect by now but could not. Dead end.
-            if len(stack) > best_depth:
-                best_depth = len(stack)
+            if placed_known > best_known:
+                best_known = placed_known
                 best = ([node_op[call] for call, _ in stack], state, entry)
             if not stack:
                 break
             call, state = stack.pop()
-            linearized &= ~bit[node_op[call]]
+            i = node_op[call]
+            linearized &= ~bit[i]
+            placed_known -= not optional[i]
             # unlift: relink the return, then the call (reverse order of lifting)
             ret = match[call]
             nxt[prv[ret]] = ret
@@ -537,8 +629,6 @@ def _check_partition(key: Hashable, ops: Sequence[Op], model: Model, max_steps: 
             nxt[prv[call]] = call
             prv[nxt[call]] = call
             entry = nxt[call]
-    else:
-        return PartitionOutcome(key, True, steps, tuple(ops))
 
     # Rebuild the list as it stood at the deepest dead end, to name the ops pending there.
     prefix_ids, dead_state, dead_return = best

@@ -54,3 +54,20 @@ class RaftMemberRequest(Message):
     op: str
     node_id: NodeIdStr
     address: str = ""
+
+
+@register
+class RaftBenchRequest(Message):
+    """Run ``count`` proposals on the leader itself, ``inflight`` at a time (bench/raft.py)."""
+
+    TYPE = 906  # type: ignore[assignment]
+    count: U64
+    inflight: U64
+
+
+@register
+class RaftBenchReply(Message):
+    TYPE = 907  # type: ignore[assignment]
+    ops_per_s: float
+    latency_us_p50: float
+    latency_us_p99: float

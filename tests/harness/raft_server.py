@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.harness.kvproto import (KvAppendRequest, KvReadRequest, KvReply, RaftMemberRequest,  # noqa: E402
-                                   RaftStatusReply, RaftStatusRequest)
+from tests.harness.kvproto import (KvAppendRequest, KvReadRequest, KvReply, RaftBenchReply,  # noqa: E402
+                                   RaftBenchRequest, RaftMemberRequest, RaftStatusReply, RaftStatusRequest)
 from tests.harness.kvsm import KvStateMachine, command  # noqa: E402
 from vstore.errors import InvalidArgument  # noqa: E402
 from vstore.logs import setup_logging  # noqa: E402
@@ -87,6 +87,28 @@ async def serve(args: argparse.Namespace) -> int:
         await node.propose_conf_change(ConfChange(type=kinds[msg.op], node_id=msg.node_id, address=msg.address))
         return KvReply(result="ok")
 
+    async def bench(ctx, msg, payload):
+        # Proposals from inside the leader process, as a Raft library benchmark does: what
+        # the consensus layer sustains, without a client RPC hop.
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+        seq = iter(range(1, msg.count + 1))
+        client = f"bench-{os.getpid()}-{loop.time():.6f}"
+
+        async def worker() -> None:
+            for n in seq:
+                started = loop.time()
+                await node.propose(encode_proposal(client + f"-{n % msg.inflight}", n, command("put", "bench", n)))
+                latencies.append(loop.time() - started)
+
+        started = loop.time()
+        await asyncio.gather(*(worker() for _ in range(msg.inflight)))
+        elapsed = loop.time() - started
+        latencies.sort()
+        return RaftBenchReply(ops_per_s=len(latencies) / elapsed, latency_us_p50=latencies[len(latencies) // 2] * 1e6,
+                              latency_us_p99=latencies[int(len(latencies) * 0.99)] * 1e6)
+
+    router.add(RaftBenchRequest, bench)
     router.add(KvAppendRequest, append)
     router.add(KvReadRequest, read)
     router.add(RaftStatusRequest, status)

@@ -22,6 +22,7 @@ class RaftProcCluster:
     def __init__(self, root: Path, ids: list[str], *, tick_ms: int = 100, election_tick: int = 10,
                  compact_trailing: int = 10_000) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.secret_file = root / "cluster.secret"
         self.secret_file.write_bytes(secrets.token_bytes(32))
         self.secret_file.chmod(0o600)

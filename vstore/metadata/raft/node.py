@@ -57,6 +57,9 @@ from vstore.wire.raft import (EntryType, RaftMessage, RaftMsgType, RaftSnapshotC
 
 log = logging.getLogger(__name__)
 
+_LEADER_MESSAGES = frozenset({RaftMsgType.APP, RaftMsgType.HEARTBEAT, RaftMsgType.TIMEOUT_NOW,
+                              RaftMsgType.READ_INDEX_RESP})
+
 
 @dataclass(frozen=True)
 class RaftNodeConfig:
@@ -317,13 +320,18 @@ class RaftNode:
             await loop.run_in_executor(self._writer, self.sm.install_snapshot, file, rd.snapshot)
             self.stats["snapshots_installed"] += 1
             log.info("raft.snapshot_installed", extra={"node": self.id, "index": rd.snapshot.index})
+        early = self._may_send_before_persist(rd)
+        if early:
+            for m in rd.messages:
+                self._send(m)
         if rd.must_sync:
             # <- await: the loop runs handlers and peer senders while the fsync happens
             await loop.run_in_executor(self._writer, self.log_store.persist, rd)
             self.stats["fsyncs"] += 1
             self.stats["entries_persisted"] += len(rd.entries)
-        for m in rd.messages:
-            self._send(m)
+        if not early:
+            for m in rd.messages:
+                self._send(m)
         if rd.committed_entries:
             entries = list(rd.committed_entries)
             conf_states = {}
@@ -357,6 +365,19 @@ class RaftNode:
                 self._read_waiters.append((rs.index, future))
         self.core.advance(rd)
         self._release_reads()
+
+    def _may_send_before_persist(self, rd: Ready) -> bool:
+        """A leader may send its appends while it writes the same entries locally (thesis
+        §10.2.1): it counts its own copy only after the fsync (RaftCore.advance), and its
+        term and vote are already durable. Anything else (votes, a follower's acks) waits
+        for the disk."""
+        if not rd.messages or rd.snapshot is not None:
+            return False
+        if rd.hard_state is not None:
+            durable = self.log_store.hard_state
+            if (rd.hard_state.term, rd.hard_state.vote) != (durable.term, durable.vote):
+                return False
+        return all(m.type in _LEADER_MESSAGES for m in rd.messages)
 
     def _release_reads(self) -> None:
         applied = self.sm.applied()[0]
@@ -395,7 +416,11 @@ class RaftNode:
         applied = self.sm.applied()[0]
         trailing = self.config.compact_trailing_entries
         if applied - self.log_store.first_index() > 2 * trailing:
-            await asyncio.get_running_loop().run_in_executor(self._writer, self.log_store.compact, applied - trailing)
+            loop = asyncio.get_running_loop()
+            # the state machine commits without a meta-page flush: make it durable before
+            # the log forgets the entries that could rebuild it
+            await loop.run_in_executor(self._writer, self.sm.sync)
+            await loop.run_in_executor(self._writer, self.log_store.compact, applied - trailing)
 
     def _recover_log_from_state_machine(self) -> None:
         """After a crash between installing a snapshot into the state machine and marking it
