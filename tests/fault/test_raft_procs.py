@@ -159,7 +159,7 @@ async def test_the_cluster_grows_to_five_and_shrinks_back_to_three_under_load(pr
     for node_id in ("m4", "m5"):
         procs.add_node_id(node_id)
     for node_id in ("m4", "m5"):
-        procs.start(node_id)  # empty data dir, no bootstrap: waits to be added
+        procs.start(node_id, join=True)  # empty data dir, no bootstrap: waits to be added
         await procs.member("add", node_id)
         await _retry_until_ok(lambda n=node_id: procs.member("promote", n))
     leader = await procs.leader()

@@ -27,7 +27,7 @@ from tests.harness.kvsm import KvStateMachine, command  # noqa: E402
 from vstore.errors import InvalidArgument  # noqa: E402
 from vstore.logs import setup_logging  # noqa: E402
 from vstore.metadata.raft.codec import encode_conf_change  # noqa: E402
-from vstore.metadata.raft.node import RaftNode, RaftNodeConfig  # noqa: E402
+from vstore.metadata.raft.node import RaftNode, RaftNodeConfig, StartupError  # noqa: E402
 from vstore.metadata.raft.statemachine import encode_proposal  # noqa: E402
 from vstore.metadata.raft.storage import RaftLogStore  # noqa: E402
 from vstore.metadata.raft.types import HardState, RaftConfig  # noqa: E402
@@ -48,7 +48,8 @@ async def serve(args: argparse.Namespace) -> int:
     peers = parse_peers(args.peers)
     host, _, port = args.listen.rpartition(":")
     store = RaftLogStore(data / "raft", map_size_bytes=1 << 30)
-    store.claim(args.id, CLUSTER_ID)
+    if args.bootstrap or args.join:
+        store.claim(args.id, CLUSTER_ID)  # a new node: what mkfs / add-node will do
     if args.bootstrap and store.is_empty():
         voters = args.bootstrap.split(",")
         entries = [Entry.make(i + 1, 1, encode_conf_change(ConfChange(type=ConfChangeType.ADD_VOTER, node_id=v,
@@ -56,13 +57,25 @@ async def serve(args: argparse.Namespace) -> int:
                    for i, v in enumerate(voters)]
         store.bootstrap(entries, HardState(term=1, commit=len(entries)))
     sm = KvStateMachine(data / "state", map_size_bytes=1 << 30)
-    store._conf_state_fn = sm.conf_state
-    store._snapshot_fn = sm.snapshot_meta
+    store.attach(sm.conf_state, sm.snapshot_meta)
     auth = Auth(secret, Identity(CLUSTER_ID, args.id, "mds"))
-    node = RaftNode(RaftNodeConfig(node_id=args.id, data_dir=data, tick_ms=args.tick_ms,
+    try:
+        node = _make_node(args, data, store, sm, auth, peers)
+    except StartupError as exc:
+        logging.getLogger("vstore").error("raft_server.refused", extra={"reason": str(exc)})
+        print(f"raft_server: {exc}", file=sys.stderr)
+        return 2
+    return await _serve(node, args, host, port, auth, sm, store)
+
+
+def _make_node(args, data, store, sm, auth, peers) -> RaftNode:  # type: ignore[no-untyped-def]
+    return RaftNode(RaftNodeConfig(node_id=args.id, data_dir=data, tick_ms=args.tick_ms,
                                    raft=RaftConfig(election_tick=args.election_tick, heartbeat_tick=1),
                                    compact_trailing_entries=args.compact_trailing, initial_peers=peers),
                     store, sm, auth)
+
+
+async def _serve(node, args, host, port, auth, sm, store) -> int:  # type: ignore[no-untyped-def]
     router = Router()
     node.register(router)
 
@@ -137,6 +150,7 @@ def main() -> None:
     parser.add_argument("--secret-file", required=True)
     parser.add_argument("--peers", required=True)
     parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--join", action="store_true", help="a new node that waits to be added as a learner")
     parser.add_argument("--tick-ms", type=int, default=100)
     parser.add_argument("--election-tick", type=int, default=10)
     parser.add_argument("--compact-trailing", type=int, default=10_000)

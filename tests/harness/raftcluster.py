@@ -38,6 +38,7 @@ class ClusterNode:
         self.sm: KvStateMachine | None = None
         self.store: RaftLogStore | None = None
         self.address: tuple[str, int] | None = None
+        self.starts = 0
 
     async def listen(self) -> None:
         router = Router()
@@ -53,10 +54,14 @@ class ClusterNode:
         sm = self.sm
         self.store = RaftLogStore(self.data_dir / "raft", map_size_bytes=1 << 28, conf_state_fn=lambda: sm.conf_state(),
                                   snapshot_fn=lambda: sm.snapshot_meta())
+        if self.starts == 0:
+            self.store.claim(self.id, CLUSTER_ID)  # what mkfs / add-node do for a new node
+        self.starts += 1
         peers = {n.id: f"127.0.0.1:{n.address[1]}" for n in self.cluster.nodes.values() if n.address}
         self.node = RaftNode(RaftNodeConfig(node_id=self.id, data_dir=self.data_dir, tick_ms=self.cluster.tick_ms,
                                             raft=self.cluster.raft_config,
                                             compact_trailing_entries=self.cluster.compact_trailing_entries,
+                                            snapshot_chunk_bytes=self.cluster.snapshot_chunk_bytes,
                                             initial_peers=peers),
                              self.store, self.sm, self.cluster.auth(self.id))
         self.node.register(self.router)
@@ -83,12 +88,13 @@ class ClusterNode:
 
 class RaftCluster:
     def __init__(self, root: Path, ids: list[str], *, tick_ms: int = 50, raft_config: RaftConfig | None = None,
-                 compact_trailing_entries: int = 10_000) -> None:
+                 compact_trailing_entries: int = 10_000, snapshot_chunk_bytes: int = 1 << 20) -> None:
         self.root = root
         self.secret = secrets.token_bytes(32)
         self.tick_ms = tick_ms
         self.raft_config = raft_config or RaftConfig(election_tick=10, heartbeat_tick=1)
         self.compact_trailing_entries = compact_trailing_entries
+        self.snapshot_chunk_bytes = snapshot_chunk_bytes
         self.nodes = {node_id: ClusterNode(self, node_id) for node_id in ids}
         self.seq = 0
 
@@ -184,5 +190,5 @@ class RaftCluster:
             return {n: (len(self.nodes[n].sm.get(key)) if self.nodes[n].sm else None) for n in names
                     if self.nodes[n].sm is None or self.nodes[n].sm.get(key) != expected}
 
-        await wait_for(lambda: not lagging() or None, timeout_s=timeout_s,
-                       what=f"{key} to hold {len(expected)} values on {names}")
+        await wait_for(lambda: not lagging(), timeout_s=timeout_s,
+                       what=lambda: f"{key} to hold {len(expected)} values on {names}; lagging (count): {lagging()}")

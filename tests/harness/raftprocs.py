@@ -41,13 +41,15 @@ class RaftProcCluster:
     def peers_arg(self) -> str:
         return ",".join(f"{i}={self.address(i)}" for i in self.ports)
 
-    def start(self, node_id: str, *, bootstrap: list[str] | None = None) -> None:
+    def start(self, node_id: str, *, bootstrap: list[str] | None = None, join: bool = False) -> None:
         args = ["--id", node_id, "--data", str(self.root / node_id), "--listen", self.address(node_id),
                 "--secret-file", str(self.secret_file), "--peers", self.peers_arg(),
                 "--tick-ms", str(self.tick_ms), "--election-tick", str(self.election_tick),
                 "--compact-trailing", str(self.compact_trailing)]
         if bootstrap:
             args += ["--bootstrap", ",".join(bootstrap)]
+        if join:
+            args += ["--join"]
         self.group.python(node_id, "tests.harness.raft_server", *args)
 
     def add_node_id(self, node_id: str) -> None:
@@ -94,14 +96,19 @@ class RaftProcCluster:
         deadline = loop.time() + timeout_s
         candidates = list(self.ports)
         attempt = 0
+        down_until: dict[str, float] = {}  # nodes that refused a connection: skip them a while
         while True:
-            target = self.leader_hint or candidates[attempt % len(candidates)]
+            live = [n for n in candidates if down_until.get(n, 0) <= loop.time()] or candidates
+            target = self.leader_hint if self.leader_hint in live else live[attempt % len(live)]
             attempt += 1
             try:
                 return (await self.client(target).call(msg, deadline_s=5.0)).message
             except NotLeader as exc:
                 leader_id = exc.details.get("leader_id")
                 self.leader_hint = leader_id if leader_id in self.ports else None
+            except Unavailable:
+                down_until[target] = loop.time() + 1.0
+                self.leader_hint = None
             except RETRYABLE:
                 self.leader_hint = None
             if loop.time() > deadline:

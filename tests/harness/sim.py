@@ -32,6 +32,7 @@ import msgspec
 
 from vstore.metadata.raft.codec import decode_conf_change, encode_conf_change
 from vstore.metadata.raft.core import RaftCore
+from vstore.metadata.raft.log import limit_size
 from vstore.metadata.raft.types import (HardState, LogCompacted, LogUnavailable, NotLeaderError, ProposalDropped,
                                         RaftConfig, Ready, Role)
 from vstore.wire.raft import ConfChange, ConfChangeType, ConfState, Entry, EntryType, RaftMessage, RaftMsgType, \
@@ -81,13 +82,7 @@ class MemoryStorage:
             raise LogCompacted(lo)
         if hi > self.last_index() + 1:
             raise LogUnavailable(hi)
-        out = self.log[lo - self.compacted_index - 1:hi - self.compacted_index - 1]
-        if max_bytes is not None:
-            size = 0
-            for i, entry in enumerate(out):
-                size += entry.size_bytes
-                if size > max_bytes and i > 0:
-                    return out[:i]
+        out = limit_size(self.log[lo - self.compacted_index - 1:hi - self.compacted_index - 1], max_bytes)
         for entry in out:
             assert entry.verify(), f"stored entry {entry.index} fails its checksum"
         return out

@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 
-async def wait_for(pred: Callable[[], Any | Awaitable[Any]], *, timeout_s: float, what: str,
+async def wait_for(pred: Callable[[], Any | Awaitable[Any]], *, timeout_s: float, what: str | Callable[[], str],
                    interval_s: float = 0.02) -> Any:
     """Poll ``pred`` until it returns something truthy; return that. On timeout fail with
-    ``what`` we were waiting for and the last value seen."""
+    ``what`` we were waiting for (a callable is asked then, to describe the state at that
+    moment) and the last value seen."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while True:
@@ -22,5 +23,6 @@ async def wait_for(pred: Callable[[], Any | Awaitable[Any]], *, timeout_s: float
         if last:
             return last
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; last seen: {last!r}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {described}; last seen: {last!r}")
         await asyncio.sleep(interval_s)

@@ -13,6 +13,19 @@ from vstore.metadata.raft.types import LogCompacted, LogStorage, LogUnavailable
 from vstore.wire.raft import Entry, SnapshotMeta
 
 
+def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
+    """The longest prefix of ``entries`` within ``max_bytes`` -- but never empty when
+    ``entries`` is not: one oversized entry must still be sent, or replication stalls."""
+    if max_bytes is None:
+        return entries
+    size = 0
+    for i, entry in enumerate(entries):
+        size += entry.size_bytes
+        if size > max_bytes and i > 0:
+            return entries[:i]
+    return entries
+
+
 class Unstable:
     """Entries (and possibly an incoming snapshot) not yet written to the LogStorage.
 
@@ -207,13 +220,7 @@ class RaftLog:
         if hi > self.unstable.offset:
             tail = self.unstable.slice(max(lo, self.unstable.offset), hi)
             out.extend(tail)
-        if max_bytes is not None:
-            size = 0
-            for i, entry in enumerate(out):
-                size += entry.size_bytes
-                if size > max_bytes and i > 0:
-                    return out[:i]
-        return out
+        return limit_size(out, max_bytes)
 
     def entries_from(self, index: int, max_bytes: int | None) -> list[Entry]:
         if index > self.last_index():

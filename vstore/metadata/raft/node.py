@@ -83,6 +83,15 @@ class RaftNodeConfig:
     initial_peers: dict[str, str] = field(default_factory=dict)
 
 
+class StartupError(Exception):
+    """The node's data directory cannot be served from as it is; the message says why and what to do."""
+
+
+#: Written into the data dir once the node has applied a configuration naming it: from then
+#: on an empty Raft log there means the log was lost, not that the node is new.
+MEMBER_MARKER = "raft-member"
+
+
 class RaftNode:
     def __init__(self, config: RaftNodeConfig, log_store: RaftLogStore, state_machine: LmdbStateMachine,
                  auth: Auth, *, rng: random.Random | None = None, on_fatal: Callable[[BaseException], None] | None = None) -> None:
@@ -93,9 +102,13 @@ class RaftNode:
         self.auth = auth
         self._rng = rng or random.Random()
         self._on_fatal = on_fatal
+        self._check_data_dir()
         self._recover_log_from_state_machine()
         index, _ = self.sm.applied()
-        self.core = RaftCore(self.id, _with_applied(config.raft, index), log_store, random.Random(self._rng.random()))
+        raft_config = _with_applied(config.raft, index)
+        if log_store.voting_disabled:
+            raft_config = dataclasses.replace(raft_config, voting_disabled=True)
+        self.core = RaftCore(self.id, raft_config, log_store, random.Random(self._rng.random()))
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-writer-{self.id}")
         self._snapshotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raft-snap-{self.id}")
         self._inputs: deque[tuple[Any, ...]] = deque()
@@ -117,6 +130,7 @@ class RaftNode:
         self.stats = {"readies": 0, "fsyncs": 0, "entries_persisted": 0, "entries_applied": 0, "messages_sent": 0,
                       "messages_dropped": 0, "snapshots_sent": 0, "snapshots_installed": 0, "leader_changes": 0}
         (config.data_dir / "snapshots").mkdir(parents=True, exist_ok=True)
+        self._note_membership()
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -190,7 +204,8 @@ class RaftNode:
 
     def status(self) -> dict[str, Any]:
         st = self.core.status()
-        return {"id": self.id, "role": st.role.value, "term": st.term, "leader": st.leader, "commit": st.commit,
+        return {"id": self.id, "role": st.role.value, "term": st.term,
+                "voting_disabled": int(self.core.config.voting_disabled), "leader": st.leader, "commit": st.commit,
                 "applied": self.sm.applied()[0], "last_index": st.last_index, "first_index": self.log_store.first_index(),
                 "voters": list(st.voters), "learners": list(st.learners), "progress": st.progress, **self.stats}
 
@@ -264,17 +279,7 @@ class RaftNode:
             if kind == "step":
                 core.step(item[1])
             elif kind == "propose":
-                _, data, future = item
-                if future.cancelled():
-                    continue
-                try:
-                    index = core.propose(data)
-                except NotLeaderError as exc:
-                    future.set_exception(self._not_leader(exc.leader))
-                except ProposalDropped as exc:
-                    future.set_exception(Busy(f"proposal refused: {exc}"))
-                else:
-                    self._proposals[index] = (core.term, future)
+                self._submit(item[2], core.propose, item[1], "proposal refused")
             elif kind == "read":
                 _, context, future = item
                 try:
@@ -284,15 +289,7 @@ class RaftNode:
                 else:
                     self._reads[context] = future
             elif kind == "conf_change":
-                _, change, future = item
-                try:
-                    index = core.propose_conf_change(change)
-                except NotLeaderError as exc:
-                    future.set_exception(self._not_leader(exc.leader))
-                except ProposalDropped as exc:
-                    future.set_exception(Busy(f"configuration change refused: {exc}"))
-                else:
-                    self._proposals[index] = (core.term, future)
+                self._submit(item[2], core.propose_conf_change, item[1], "configuration change refused")
             elif kind == "transfer":
                 try:
                     core.transfer_leader(item[1])
@@ -304,6 +301,19 @@ class RaftNode:
                 core.report_unreachable(item[1])
             elif kind == "snapshot_done":
                 core.report_snapshot(item[1], item[2])
+
+    def _submit(self, future: asyncio.Future[Any], propose: Callable[[Any], int], what: Any, refused: str) -> None:
+        """Append a proposal to the core and remember whose future its (index, term) answers."""
+        if future.cancelled():
+            return
+        try:
+            index = propose(what)
+        except NotLeaderError as exc:
+            future.set_exception(self._not_leader(exc.leader))
+        except ProposalDropped as exc:
+            future.set_exception(Busy(f"{refused}: {exc}"))
+        else:
+            self._proposals[index] = (self.core.term, future)
 
     def _not_leader(self, leader: str | None) -> NotLeader:
         address = self.core.addresses.get(leader) if leader else None
@@ -357,6 +367,7 @@ class RaftNode:
                     future.set_result(result)
             if conf_states:
                 self._update_peers()
+                self._note_membership()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         for rs in rd.read_states:
@@ -421,6 +432,31 @@ class RaftNode:
             # the log forgets the entries that could rebuild it
             await loop.run_in_executor(self._writer, self.sm.sync)
             await loop.run_in_executor(self._writer, self.log_store.compact, applied - trailing)
+
+    def _check_data_dir(self) -> None:
+        identity = self.log_store.identity()
+        if identity is None:
+            raise StartupError(f"{self.config.data_dir}: no Raft log identity: this data dir was never initialised "
+                               f"for a node (create it with 'vstore mkfs' or 'vstore add-node')")
+        if identity.get("node_id") != self.id:
+            raise StartupError(f"{self.config.data_dir} belongs to node {identity.get('node_id')!r}, not {self.id!r}")
+        marker = self.config.data_dir / MEMBER_MARKER
+        if self.log_store.is_empty() and marker.exists() and not self.log_store.voting_disabled:
+            log.error("raft.log_lost", extra={"node": self.id, "data_dir": str(self.config.data_dir),
+                                              "action": "voting disabled; remove and re-add this node"})
+            self.log_store.disable_voting("the Raft log was empty although this node had been a member")
+        applied, _ = self.sm.applied()
+        if applied < self.log_store.first_index() - 1:
+            raise StartupError(f"{self.config.data_dir}: the state machine (applied {applied}) is older than the "
+                               f"compacted log (first index {self.log_store.first_index()}): its state was lost; "
+                               f"remove this node and add it again with an empty data dir")
+
+    def _note_membership(self) -> None:
+        marker = self.config.data_dir / MEMBER_MARKER
+        if not marker.exists() and self.id in self.core.voters + self.core.learners:
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(f"{self.id}\n")
+            os.replace(tmp, marker)
 
     def _recover_log_from_state_machine(self) -> None:
         """After a crash between installing a snapshot into the state machine and marking it

@@ -9,6 +9,8 @@ never bloats the state file), opened with ``sync=True, metasync=True`` and never
           b"compacted"    8+8 bytes: index and term of the last entry removed by compaction
                           (or covered by an installed snapshot); first_index = index + 1
           b"identity"     msgpack {"node_id", "cluster_id"}: whose log this is
+          b"no_vote"      present once this log was found lost while the node was a member:
+                          the node never votes again from this data dir (RELIABILITY.md §4.6)
 
 ``persist(ready)`` writes a Ready's snapshot marker, entries (truncating a conflicting
 suffix first) and hard state in ONE write transaction: one fsync covers every entry that
@@ -84,6 +86,11 @@ class RaftLogStore:
             cursor = txn.cursor(db=self._log)
             self._last_index = _U64.unpack(cursor.key())[0] if cursor.last() else self._compacted_index
 
+    def attach(self, conf_state_fn: Callable[[], ConfState], snapshot_fn: Callable[[], SnapshotMeta]) -> None:
+        """Connect the state machine whose configuration and snapshots this log reports."""
+        self._conf_state_fn = conf_state_fn
+        self._snapshot_fn = snapshot_fn
+
     # ---- identity ------------------------------------------------------------------------------
 
     def identity(self) -> dict[str, str] | None:
@@ -101,6 +108,20 @@ class RaftLogStore:
         elif current != wanted:
             raise IdentityMismatch(f"{self.path} holds the Raft log of node {current.get('node_id')!r} of cluster "
                                    f"{current.get('cluster_id')!r}, not of {node_id!r} of {cluster_id!r}")
+
+    @property
+    def voting_disabled(self) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(b"no_vote", db=self._meta) is not None
+
+    def disable_voting(self, reason: str) -> None:
+        """Permanently: a node that lost its log may have voted in a term it no longer
+        remembers; voting again could elect two leaders in that term."""
+        try:
+            with self.env.begin(write=True) as txn:
+                txn.put(b"no_vote", reason.encode(), db=self._meta)
+        except lmdb.Error as exc:
+            raise FatalStorageError(f"cannot record the no-vote flag in {self.path}: {exc}") from exc
 
     def is_empty(self) -> bool:
         return self._last_index == 0 and self._hard_state == HardState()
