@@ -15,29 +15,24 @@ from collections.abc import Callable
 
 import msgspec
 
-from tests.harness.sim import Command, KvStateMachine, MemoryStorage, _command_decoder, _encoder
-from vstore.metadata.raft.codec import decode_conf_change, encode_conf_change
+from tests.harness.sim import Command, SimNode, _encoder
 from vstore.metadata.raft.core import RaftCore
-from vstore.metadata.raft.types import HardState, RaftConfig, Ready, Role
-from vstore.wire.raft import ConfChange, ConfChangeType, Entry, EntryType, RaftMessage, RaftMsgType, SnapshotMeta
+from vstore.metadata.raft.types import RaftConfig, Ready, Role
+from vstore.wire.raft import Entry, RaftMessage, RaftMsgType, SnapshotMeta
 
 MT = RaftMsgType
 
 
-class Node:
+class Node(SimNode):
+    """A simulator node that also records what it applied and the reads it was answered."""
+
     def __init__(self, node_id: str, config: RaftConfig, seed: int) -> None:
-        self.id = node_id
-        self.config = config
+        super().__init__(node_id, config, random.Random(f"{seed}:{node_id}"))
         self.seed = seed
-        self.storage = MemoryStorage()
-        self.sm = KvStateMachine()
-        self.storage.state_machine = self.sm
-        self.core: RaftCore | None = None
-        self.snapshot_data: dict[int, KvStateMachine] = {}
         self.applied_log: list[Entry] = []
         self.read_states: list[tuple[int, bytes]] = []
 
-    def start(self) -> RaftCore:
+    def start(self) -> RaftCore:  # type: ignore[override]
         self.storage.state_machine = self.sm
         self.core = RaftCore(self.id, dataclasses.replace(self.config, applied=self.sm.applied), self.storage,
                              random.Random(f"{self.seed}:{self.id}"))
@@ -57,11 +52,7 @@ class Net:
         for node_id in ids:
             node = Node(node_id, self.config, seed)
             if node_id in members:
-                entries = tuple(Entry.make(i + 1, 1, encode_conf_change(
-                    ConfChange(type=ConfChangeType.ADD_VOTER, node_id=m, address=f"addr-{m}")), EntryType.CONF_CHANGE)
-                    for i, m in enumerate(members))
-                node.storage.append(entries)
-                node.storage.hard_state = HardState(term=1, vote="", commit=len(entries))
+                node.bootstrap(members)
             node.start()
             self.nodes[node_id] = node
         self.process_all()  # apply the bootstrap configuration
@@ -201,23 +192,10 @@ class Net:
     # ---- the shell ---------------------------------------------------------------------------
 
     def _persist(self, node: Node, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            node.sm = copy.deepcopy(node.snapshot_data[rd.snapshot.index])
-            node.storage.state_machine = node.sm
-            node.storage.install_snapshot(rd.snapshot)
-        if rd.entries:
-            node.storage.append(rd.entries)
-        if rd.hard_state is not None:
-            node.storage.hard_state = rd.hard_state
+        node.persist(rd, rd.hard_state)
 
     def _apply(self, node: Node, rd: Ready) -> None:
-        core = node.core
-        assert core is not None
         for entry in rd.committed_entries:
             assert entry.index == node.sm.applied + 1, (node.id, entry.index, node.sm.applied)
-            if entry.type == EntryType.CONF_CHANGE:
-                node.sm.conf_state = core.apply_conf_change(decode_conf_change(entry.data))
-            elif entry.data:
-                node.sm.apply_command(_command_decoder.decode(entry.data))
-            node.sm.applied, node.sm.applied_term = entry.index, entry.term
+            node.apply(entry)
             node.applied_log.append(entry)

@@ -258,6 +258,35 @@ class SimNode:
         self.snapshot_data.clear()
         self.reads.clear()
 
+    # ---- the shell's two writes (what the LMDB stores do for real) ---------------------------
+
+    def persist(self, rd: Ready, hard_state: HardState | None) -> None:
+        """Install the Ready's snapshot, append its entries, store the hard state: one
+        atomic write, as one LMDB transaction would be."""
+        if rd.snapshot is not None:
+            data = self.snapshot_data.get(rd.snapshot.index)
+            assert data is not None, f"{self.id}: snapshot {rd.snapshot.index} installed without its data"
+            self.sm = copy.deepcopy(data)
+            self.storage.state_machine = self.sm
+            self.storage.install_snapshot(rd.snapshot)
+            self.snapshot_data.clear()
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if hard_state is not None:
+            self.storage.hard_state = hard_state
+
+    def apply(self, entry: Entry) -> Any:
+        """Apply one committed entry to the state machine; returns the command's result."""
+        core = self.core
+        assert core is not None
+        result: Any = None
+        if entry.type == EntryType.CONF_CHANGE:
+            self.sm.conf_state = core.apply_conf_change(decode_conf_change(entry.data))
+        elif entry.data:
+            result = self.sm.apply_command(_command_decoder.decode(entry.data))
+        self.sm.applied, self.sm.applied_term = entry.index, entry.term
+        return result
+
 
 @dataclass
 class SimOptions:
@@ -383,25 +412,17 @@ class Simulation:
 
     def _persist(self, node: SimNode, rd: Ready) -> None:
         storage = node.storage
-        if rd.snapshot is not None:
-            data = node.snapshot_data.get(rd.snapshot.index)
-            assert data is not None, f"{node.id}: snapshot {rd.snapshot.index} installed without its data"
-            node.sm = copy.deepcopy(data)
-            storage.state_machine = node.sm
-            storage.install_snapshot(rd.snapshot)
-            node.snapshot_data.clear()
-            self.snapshots_installed += 1
-        if rd.entries:
-            storage.append(rd.entries)
-        if rd.hard_state is not None:
-            hs = rd.hard_state
+        hs = rd.hard_state
+        if hs is not None:
             if self.options.bug == "forget_vote":
                 hs = HardState(hs.term, "", hs.commit)
             if hs.commit < storage.hard_state.commit:
                 raise SafetyViolation(f"{node.id}: durable commit went back {storage.hard_state.commit} -> {hs.commit}")
-            if hs.commit > storage.last_index():
-                raise SafetyViolation(f"{node.id}: commit {hs.commit} persisted beyond the log ({storage.last_index()})")
-            storage.hard_state = hs
+        if rd.snapshot is not None:
+            self.snapshots_installed += 1
+        node.persist(rd, hs)
+        if hs is not None and hs.commit > storage.last_index():
+            raise SafetyViolation(f"{node.id}: commit {hs.commit} persisted beyond the log ({storage.last_index()})")
 
     def _send_all(self, node: SimNode, rd: Ready) -> None:
         core = node.core
@@ -433,13 +454,7 @@ class Simulation:
             elif seen != (entry.term, entry.checksum):
                 raise SafetyViolation(f"state machine safety: index {entry.index} applied as {seen} elsewhere and "
                                       f"as {(entry.term, entry.checksum)} on {node.id}")
-            result: Any = None
-            if entry.type == EntryType.CONF_CHANGE:
-                sm.conf_state = core.apply_conf_change(decode_conf_change(entry.data))
-            elif entry.data:
-                cmd = _command_decoder.decode(entry.data)
-                result = sm.apply_command(cmd)
-            sm.applied, sm.applied_term = entry.index, entry.term
+            result = node.apply(entry)
             self._complete_writes(node, entry, result)
 
     def _serve_reads(self, node: SimNode) -> None:

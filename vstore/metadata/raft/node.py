@@ -52,8 +52,7 @@ from vstore.metadata.raft.storage import FatalStorageError, RaftLogStore
 from vstore.metadata.raft.types import NotLeaderError, ProposalDropped, RaftConfig, Ready, Role
 from vstore.net import Auth, Limits, RequestContext, Router, RpcClient
 from vstore.wire import Message
-from vstore.wire.raft import (EntryType, RaftMessage, RaftMsgType, RaftSnapshotChunkReply, RaftSnapshotChunkRequest,
-                              SnapshotMeta)
+from vstore.wire.raft import (EntryType, RaftMessage, RaftMsgType, RaftSnapshotChunkReply, RaftSnapshotChunkRequest)
 
 log = logging.getLogger(__name__)
 
