@@ -1,0 +1,160 @@
+"""Where a chunk's replicas go. Pure and deterministic.
+
+The failure we must survive is a whole host (or, when racks are labelled, a whole rack)
+going dark, so replicas go to distinct hosts, and to distinct racks while there are racks
+to spread over. Among the servers that qualify, the one with the most free bytes wins, then
+the lowest ``cs_id``: every MDS, the simulator and a replayed test compute the same answer
+from the same snapshot. The first replica goes to a chunkserver on the writing client's own
+host when one qualifies: it saves a network hop on every write of that chunk.
+
+A chunkserver qualifies only when it is ONLINE (not offline, failed or draining) and below
+``FULL_RATIO_MAX`` of its capacity (Ceph's nearfull/backfillfull thresholds: beyond it a
+server fills up faster than the cluster can react).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NewType
+
+CsId = NewType("CsId", int)
+ChunkId = NewType("ChunkId", int)
+
+#: No new replica goes to a chunkserver filled beyond this fraction of its capacity.
+FULL_RATIO_MAX = 0.90
+
+
+class CsStatus(enum.Enum):
+    ONLINE = "online"        # heartbeating
+    OFFLINE = "offline"      # no heartbeat for offline_after_s: its replicas still count (grace period)
+    FAILED = "failed"        # offline past the grace period: its replicas are rebuilt elsewhere
+    DRAINING = "draining"    # being removed by an operator: its replicas move away, it takes no new ones
+
+
+@dataclass(frozen=True, slots=True)
+class CsState:
+    """What the planners know of one chunkserver (a plain snapshot of the registry)."""
+
+    cs_id: CsId
+    host: str
+    rack: str
+    status: CsStatus
+    capacity_bytes: int
+    used_bytes: int
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self.capacity_bytes - self.used_bytes)
+
+    @property
+    def used_ratio(self) -> float:
+        return self.used_bytes / self.capacity_bytes if self.capacity_bytes > 0 else 1.0
+
+    def accepts_new_replicas(self) -> bool:
+        return self.status is CsStatus.ONLINE and self.used_ratio < FULL_RATIO_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPolicy:
+    """``replicas=N:min``: keep N copies; below ``min`` a write is refused (default 3:2)."""
+
+    replicas: int = 3
+    min: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.replicas <= 16:
+            raise ValueError(f"replicas={self.replicas}:{self.min}: need 1 <= min <= replicas <= 16")
+
+    def __str__(self) -> str:
+        return f"{self.replicas}:{self.min}"
+
+    @classmethod
+    def parse(cls, text: str) -> ReplicaPolicy:
+        """``"3:2"`` or ``"3"`` (min = replicas - 1, at least 1). Raises ValueError."""
+        replicas_text, colon, min_text = text.partition(":")
+        try:
+            replicas = int(replicas_text)
+            minimum = int(min_text) if colon else max(1, replicas - 1)
+        except ValueError:
+            raise ValueError(f"replicas={text!r}: expected N or N:MIN, e.g. 3:2") from None
+        return cls(replicas, minimum)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    servers: tuple[CsId, ...]
+    wanted: int
+
+    @property
+    def complete(self) -> bool:
+        return len(self.servers) >= self.wanted
+
+
+def _rank(cs: CsState) -> tuple[int, int]:
+    return (-cs.free_bytes, cs.cs_id)
+
+
+def place_replicas(servers: Iterable[CsState], count: int, *, writer_host: str | None = None,
+                   existing: Collection[CsId] = (), exclude: Collection[CsId] = (),
+                   extra_used_bytes: dict[CsId, int] | None = None) -> Placement:
+    """Choose up to ``count`` chunkservers for new replicas of one chunk.
+
+    ``existing``: servers already holding a replica (their hosts and racks count as used,
+    and they are never chosen again). ``exclude``: servers not to use (e.g. the source of a
+    copy that just failed). ``extra_used_bytes``: bytes the caller has already planned onto
+    a server in this round, so one plan does not pile everything on the emptiest server.
+
+    Returns fewer servers than asked when the cluster cannot meet the constraints; the
+    caller refuses the write below the policy's minimum and records the chunk as degraded
+    otherwise. Never two replicas on one host; never an offline, draining or full server.
+    """
+    by_id = {cs.cs_id: cs for cs in servers}
+    extra = extra_used_bytes or {}
+
+    def effective(cs: CsState) -> CsState:
+        planned = extra.get(cs.cs_id, 0)
+        if not planned:
+            return cs
+        return CsState(cs.cs_id, cs.host, cs.rack, cs.status, cs.capacity_bytes, cs.used_bytes + planned)
+
+    candidates = sorted((effective(cs) for cs in by_id.values()
+                         if cs.cs_id not in existing and cs.cs_id not in exclude),
+                        key=_rank)
+    candidates = [cs for cs in candidates if cs.accepts_new_replicas()]
+    used_hosts = {by_id[c].host for c in existing if c in by_id}
+    used_racks = {by_id[c].rack for c in existing if c in by_id and by_id[c].rack}
+    racks_labelled = any(cs.rack for cs in candidates) or bool(used_racks)
+    chosen: list[CsId] = []
+
+    def take(cs: CsState) -> None:
+        chosen.append(cs.cs_id)
+        used_hosts.add(cs.host)
+        if cs.rack:
+            used_racks.add(cs.rack)
+
+    if writer_host is not None and count > 0 and writer_host not in used_hosts:
+        local = [cs for cs in candidates if cs.host == writer_host]
+        if local and not (racks_labelled and local[0].rack and local[0].rack in used_racks):
+            take(local[0])
+    # First pass: a new rack and a new host each time (only while racks are labelled);
+    # second pass: any new host. Greedy in rank order reaches the largest possible number
+    # of distinct racks and hosts, because each host sits in one rack.
+    passes = (True, False) if racks_labelled else (False,)
+    for need_new_rack in passes:
+        for cs in candidates:
+            if len(chosen) >= count:
+                break
+            if cs.cs_id in chosen or cs.host in used_hosts:
+                continue
+            if need_new_rack and (not cs.rack or cs.rack in used_racks):
+                continue
+            take(cs)
+    return Placement(tuple(chosen), count)
+
+
+def distinct_hosts(servers: Sequence[CsState], ids: Iterable[CsId]) -> bool:
+    by_id = {cs.cs_id: cs.host for cs in servers}
+    hosts = [by_id[i] for i in ids]
+    return len(hosts) == len(set(hosts))
