@@ -1,0 +1,496 @@
+"""The namespace part of the metadata state machine: commands, their apply functions, reads.
+
+A command carries everything that must be deterministic (the caller's uid/gid, the leader's
+clock reading, the inode id the leader chose); ``apply`` only replays it, inside a nested
+LMDB transaction so that a command that fails leaves nothing behind. Failures are results
+(``("err", ErrorCode, message)``), identical on every replica, not exceptions.
+
+POSIX rules kept here (the FUSE kernel side checks ordinary permissions with
+``default_permissions``; what needs the namespace's own knowledge is done here): name
+rules, EEXIST/ENOENT/ENOTDIR/EISDIR/ENOTEMPTY, rename over an existing target, across
+directories, RENAME_NOREPLACE / RENAME_EXCHANGE, never a directory into its own subtree,
+hard-link counts, the sticky bit on deletion and rename, chmod/chown ownership rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lmdb
+import msgspec
+
+from vstore.errors import (Exists, FsError, InvalidArgument, IsDir, NameTooLong, NotDir, NotEmpty,
+                           NotFound, NotPermitted, TooManyLinks)
+from vstore.metadata.fsm.schema import (NAME_BYTES_MAX, PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX,
+                                        SYMLINK_BYTES_MAX, TABLES, U64, Inode, Kind, dentry_key, encoder,
+                                        inode_decoder, inode_key)
+from vstore.metadata.raft.statemachine import LmdbStateMachine
+
+LINKS_MAX = 65_000
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+class Op(msgspec.Struct, array_like=True, frozen=True, tag=True):
+    uid: int
+    gid: int
+    now_ns: int
+
+
+class InitRoot(Op, tag="init"):
+    mode: int = 0o755
+
+
+class Mknod(Op, tag="mknod"):
+    """Create a file, FIFO, socket or device node (create and mknod)."""
+
+    parent: int
+    name: bytes
+    kind: int
+    mode: int
+    inode: int
+    rdev: int = 0
+
+
+class Mkdir(Op, tag="mkdir"):
+    parent: int
+    name: bytes
+    mode: int
+    inode: int
+
+
+class Symlink(Op, tag="symlink"):
+    parent: int
+    name: bytes
+    target: bytes
+    inode: int
+
+
+class Link(Op, tag="link"):
+    inode: int
+    parent: int
+    name: bytes
+
+
+class Unlink(Op, tag="unlink"):
+    parent: int
+    name: bytes
+
+
+class Rmdir(Op, tag="rmdir"):
+    parent: int
+    name: bytes
+
+
+class Rename(Op, tag="rename"):
+    parent: int
+    name: bytes
+    new_parent: int
+    new_name: bytes
+    flags: int = 0
+
+
+class SetAttr(Op, tag="setattr"):
+    inode: int
+    mode: int | None = None
+    new_uid: int | None = None
+    new_gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+Command = InitRoot | Mknod | Mkdir | Symlink | Link | Unlink | Rmdir | Rename | SetAttr
+command_decoder = msgspec.msgpack.Decoder(Command)
+
+
+def encode_command(op: Command) -> bytes:
+    return encoder.encode(op)
+
+
+class NamespaceStateMachine(LmdbStateMachine):
+    TABLES = TABLES
+
+    # ---- applying ----------------------------------------------------------------------------
+
+    def apply_command(self, txn: lmdb.Transaction, body: bytes, index: int, term: int) -> Any:
+        op = command_decoder.decode(body)
+        child = self.env.begin(write=True, parent=txn)
+        try:
+            result = _Apply(self, child, op).run()
+        except FsError as exc:
+            child.abort()
+            return ("err", int(exc.code), exc.message)
+        child.commit()
+        return ("ok", result)
+
+    # ---- reads (local state; the service runs a read barrier first) --------------------------------
+
+    def getattr(self, inode: int) -> Inode:
+        with self.env.begin() as txn:
+            return _get_inode(self, txn, inode)
+
+    def lookup(self, parent: int, name: bytes) -> tuple[int, Inode]:
+        with self.env.begin() as txn:
+            _dir(self, txn, parent)
+            child = _lookup(self, txn, parent, name)
+            if child is None:
+                raise NotFound(f"{name!r} not found in directory {parent}")
+            return child, _get_inode(self, txn, child)
+
+    def readdir(self, inode: int, after: bytes = b"", limit: int = 1000) -> list[tuple[bytes, int]]:
+        """Entries of a directory in name order, starting after ``after`` (paging)."""
+        out: list[tuple[bytes, int]] = []
+        prefix = U64.pack(inode)
+        with self.env.begin() as txn:
+            _dir(self, txn, inode)
+            cursor = txn.cursor(db=self.tables[b"dentries"])
+            if not cursor.set_range(prefix + after):
+                return out
+            for key, value in cursor:
+                if not key.startswith(prefix) or len(out) >= limit:
+                    break
+                name = key[8:]
+                if name == after and after:
+                    continue
+                out.append((bytes(name), U64.unpack(value)[0]))
+        return out
+
+    def readlink(self, inode: int) -> bytes:
+        with self.env.begin() as txn:
+            node = _get_inode(self, txn, inode)
+            if node.kind != Kind.SYMLINK:
+                raise InvalidArgument(f"inode {inode} is not a symlink")
+            return bytes(txn.get(inode_key(inode), db=self.tables[b"symlinks"]) or b"")
+
+
+# ---- helpers shared by reads and applies ---------------------------------------------------------
+
+
+def _get_inode(sm: NamespaceStateMachine, txn: lmdb.Transaction, inode: int) -> Inode:
+    raw = txn.get(inode_key(inode), db=sm.tables[b"inodes"])
+    if raw is None:
+        raise NotFound(f"inode {inode} does not exist")
+    return inode_decoder.decode(raw)
+
+
+def _dir(sm: NamespaceStateMachine, txn: lmdb.Transaction, inode: int) -> Inode:
+    node = _get_inode(sm, txn, inode)
+    if node.kind != Kind.DIR:
+        raise NotDir(f"inode {inode} is not a directory")
+    return node
+
+
+def _lookup(sm: NamespaceStateMachine, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+    raw = txn.get(dentry_key(parent, name), db=sm.tables[b"dentries"])
+    return U64.unpack(raw)[0] if raw is not None else None
+
+
+def _check_name(name: bytes) -> None:
+    if not name or name in (b".", b".."):
+        raise InvalidArgument(f"invalid file name {name!r}")
+    if b"/" in name or b"\0" in name:
+        raise InvalidArgument(f"file name {name!r} contains '/' or NUL")
+    if len(name) > NAME_BYTES_MAX:
+        raise NameTooLong(f"file name of {len(name)} bytes exceeds {NAME_BYTES_MAX}")
+
+
+class _Apply:
+    """One command against one (child) transaction. Validates before it writes."""
+
+    def __init__(self, sm: NamespaceStateMachine, txn: lmdb.Transaction, op: Command) -> None:
+        self.sm = sm
+        self.txn = txn
+        self.op = op
+        self.t = sm.tables
+
+    def run(self) -> Any:
+        handler = getattr(self, f"_{type(self.op).__name__.lower()}")
+        return handler(self.op)
+
+    # ---- low-level writes ----------------------------------------------------------------------
+
+    def get(self, inode: int) -> Inode:
+        return _get_inode(self.sm, self.txn, inode)
+
+    def put(self, inode: int, node: Inode) -> None:
+        self.txn.put(inode_key(inode), encoder.encode(node), db=self.t[b"inodes"])
+
+    def link_entry(self, parent: int, name: bytes, inode: int) -> None:
+        self.txn.put(dentry_key(parent, name), U64.pack(inode), db=self.t[b"dentries"])
+
+    def unlink_entry(self, parent: int, name: bytes) -> None:
+        self.txn.delete(dentry_key(parent, name), db=self.t[b"dentries"])
+
+    def drop_inode(self, inode: int) -> None:
+        self.txn.delete(inode_key(inode), db=self.t[b"inodes"])
+        self.txn.delete(inode_key(inode), db=self.t[b"symlinks"])
+        # xattrs: every key with this inode's prefix
+        cursor = self.txn.cursor(db=self.t[b"xattrs"])
+        prefix = U64.pack(inode)
+        if cursor.set_range(prefix):
+            while cursor.key().startswith(prefix):
+                if not cursor.delete() or not cursor.key():
+                    break
+
+    def claim_inode(self, inode: int) -> None:
+        raw = self.txn.get(b"next_inode", db=self.t[b"counters"])
+        next_inode = U64.unpack(raw)[0] if raw else ROOT_INODE + 1
+        if inode < next_inode:
+            raise InvalidArgument(f"inode id {inode} was already handed out (next is {next_inode})")
+        self.txn.put(b"next_inode", U64.pack(inode + 1), db=self.t[b"counters"])
+
+    def touch_dir(self, parent: int, node: Inode, *, nlink_delta: int = 0) -> Inode:
+        updated = msgspec.structs.replace(node, mtime_ns=self.op.now_ns, ctime_ns=self.op.now_ns,
+                                          nlink=node.nlink + nlink_delta)
+        self.put(parent, updated)
+        return updated
+
+    def new_entry_checks(self, parent: int, name: bytes) -> Inode:
+        _check_name(name)
+        directory = _dir(self.sm, self.txn, parent)
+        if directory.nlink == 0:
+            raise NotFound(f"directory {parent} was removed")
+        if _lookup(self.sm, self.txn, parent, name) is not None:
+            raise Exists(f"{name!r} already exists in directory {parent}")
+        return directory
+
+    def sticky_check(self, directory: Inode, victim: Inode) -> None:
+        """In a sticky directory (/tmp) only the file's owner, the directory's owner or root
+        may delete or rename an entry."""
+        uid = self.op.uid
+        if directory.mode & S_ISVTX and uid not in (0, victim.uid, directory.uid):
+            raise NotPermitted("sticky directory: only the owner may remove or rename this entry")
+
+    def create(self, parent: int, name: bytes, inode: int, node: Inode) -> Any:
+        directory = self.new_entry_checks(parent, name)
+        self.claim_inode(inode)
+        if directory.mode & S_ISGID:  # BSD group semantics in setgid directories
+            node = msgspec.structs.replace(node, gid=directory.gid,
+                                           mode=node.mode | (S_ISGID if node.kind == Kind.DIR else 0))
+        self.put(inode, node)
+        self.link_entry(parent, name, inode)
+        self.touch_dir(parent, directory, nlink_delta=1 if node.kind == Kind.DIR else 0)
+        return (inode, encoder.encode(node))
+
+    def new_inode(self, kind: Kind, mode: int, *, nlink: int = 1, size: int = 0, rdev: int = 0,
+                  parent: int = 0) -> Inode:
+        now = self.op.now_ns
+        return Inode(int(kind), mode & PERMISSION_BITS, self.op.uid, self.op.gid, nlink, size, now, now, now,
+                     rdev, parent)
+
+    # ---- commands ----------------------------------------------------------------------------------
+
+    def _initroot(self, op: InitRoot) -> Any:
+        if self.txn.get(inode_key(ROOT_INODE), db=self.t[b"inodes"]) is not None:
+            raise Exists("the root directory already exists")
+        self.put(ROOT_INODE, self.new_inode(Kind.DIR, op.mode, nlink=2, parent=ROOT_INODE))
+        self.txn.put(b"next_inode", U64.pack(ROOT_INODE + 1), db=self.t[b"counters"])
+        return ROOT_INODE
+
+    def _mknod(self, op: Mknod) -> Any:
+        kind = Kind(op.kind)
+        if kind in (Kind.DIR, Kind.SYMLINK):
+            raise InvalidArgument("use mkdir or symlink")
+        return self.create(op.parent, op.name, op.inode, self.new_inode(kind, op.mode, rdev=op.rdev))
+
+    def _mkdir(self, op: Mkdir) -> Any:
+        return self.create(op.parent, op.name, op.inode, self.new_inode(Kind.DIR, op.mode, nlink=2, parent=op.parent))
+
+    def _symlink(self, op: Symlink) -> Any:
+        if not op.target or len(op.target) > SYMLINK_BYTES_MAX:
+            raise NameTooLong(f"symlink target of {len(op.target)} bytes") if op.target else \
+                InvalidArgument("empty symlink target")
+        result = self.create(op.parent, op.name, op.inode,
+                             self.new_inode(Kind.SYMLINK, 0o777, size=len(op.target)))
+        self.txn.put(inode_key(op.inode), op.target, db=self.t[b"symlinks"])
+        return result
+
+    def _link(self, op: Link) -> Any:
+        node = self.get(op.inode)
+        if node.kind == Kind.DIR:
+            raise NotPermitted("hard links to directories are not allowed")
+        if node.nlink >= LINKS_MAX:
+            raise TooManyLinks(f"inode {op.inode} already has {node.nlink} links")
+        if node.nlink == 0:
+            raise NotFound(f"inode {op.inode} was unlinked")
+        directory = self.new_entry_checks(op.parent, op.name)
+        node = msgspec.structs.replace(node, nlink=node.nlink + 1, ctime_ns=op.now_ns)
+        self.put(op.inode, node)
+        self.link_entry(op.parent, op.name, op.inode)
+        self.touch_dir(op.parent, directory)
+        return (op.inode, encoder.encode(node))
+
+    def _remove(self, parent: int, name: bytes, *, want_dir: bool) -> Any:
+        _check_name(name)
+        directory = _dir(self.sm, self.txn, parent)
+        child = _lookup(self.sm, self.txn, parent, name)
+        if child is None:
+            raise NotFound(f"{name!r} not found in directory {parent}")
+        node = self.get(child)
+        if want_dir and node.kind != Kind.DIR:
+            raise NotDir(f"{name!r} is not a directory")
+        if not want_dir and node.kind == Kind.DIR:
+            raise IsDir(f"{name!r} is a directory")
+        if want_dir and self.has_entries(child):
+            raise NotEmpty(f"directory {name!r} is not empty")
+        self.sticky_check(directory, node)
+        self.unlink_entry(parent, name)
+        self.touch_dir(parent, directory, nlink_delta=-1 if want_dir else 0)
+        remaining = 0 if want_dir else node.nlink - 1
+        if remaining <= 0:
+            # Open-unlinked files keep their data until the last close: that bookkeeping
+            # (the open table) arrives with the open/release commands; today the inode goes.
+            self.drop_inode(child)
+        else:
+            self.put(child, msgspec.structs.replace(node, nlink=remaining, ctime_ns=self.op.now_ns))
+        return child
+
+    def _unlink(self, op: Unlink) -> Any:
+        return self._remove(op.parent, op.name, want_dir=False)
+
+    def _rmdir(self, op: Rmdir) -> Any:
+        return self._remove(op.parent, op.name, want_dir=True)
+
+    def has_entries(self, inode: int) -> bool:
+        cursor = self.txn.cursor(db=self.t[b"dentries"])
+        prefix = U64.pack(inode)
+        return bool(cursor.set_range(prefix) and cursor.key().startswith(prefix))
+
+    def is_ancestor(self, ancestor: int, inode: int) -> bool:
+        """Is ``ancestor`` on the path from ``inode`` up to the root (inclusive)?"""
+        seen = 0
+        while True:
+            if inode == ancestor:
+                return True
+            if inode == ROOT_INODE:
+                return False
+            inode = self.get(inode).parent
+            seen += 1
+            if seen > 1_000_000:
+                raise InvalidArgument("directory parent chain does not reach the root")
+
+    def _rename(self, op: Rename) -> Any:
+        if op.flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or op.flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise InvalidArgument(f"bad rename flags {op.flags:#x}")
+        _check_name(op.name)
+        _check_name(op.new_name)
+        src_dir = _dir(self.sm, self.txn, op.parent)
+        dst_dir = _dir(self.sm, self.txn, op.new_parent)
+        src = _lookup(self.sm, self.txn, op.parent, op.name)
+        if src is None:
+            raise NotFound(f"{op.name!r} not found in directory {op.parent}")
+        src_node = self.get(src)
+        dst = _lookup(self.sm, self.txn, op.new_parent, op.new_name)
+        dst_node = self.get(dst) if dst is not None else None
+        if op.flags & RENAME_EXCHANGE:
+            if dst is None or dst_node is None:
+                raise NotFound(f"{op.new_name!r} not found in directory {op.new_parent} (RENAME_EXCHANGE)")
+            return self._exchange(op, src_dir, dst_dir, src, src_node, dst, dst_node)
+        if dst is not None and op.flags & RENAME_NOREPLACE:
+            raise Exists(f"{op.new_name!r} exists in directory {op.new_parent} (RENAME_NOREPLACE)")
+        if dst == src:
+            return src  # same inode (a hard link onto itself): POSIX says do nothing
+        if src_node.kind == Kind.DIR and self.is_ancestor(src, op.new_parent):
+            raise InvalidArgument("cannot move a directory into its own subtree")
+        self.sticky_check(src_dir, src_node)
+        if dst is not None and dst_node is not None:
+            if src_node.kind == Kind.DIR and dst_node.kind != Kind.DIR:
+                raise NotDir(f"{op.new_name!r} is not a directory")
+            if src_node.kind != Kind.DIR and dst_node.kind == Kind.DIR:
+                raise IsDir(f"{op.new_name!r} is a directory")
+            if dst_node.kind == Kind.DIR and self.has_entries(dst):
+                raise NotEmpty(f"directory {op.new_name!r} is not empty")
+            self.sticky_check(dst_dir, dst_node)
+        # validation done: write
+        moving_dir = src_node.kind == Kind.DIR
+        if dst is not None and dst_node is not None:
+            self.unlink_entry(op.new_parent, op.new_name)
+            if dst_node.kind == Kind.DIR:
+                dst_dir = msgspec.structs.replace(dst_dir, nlink=dst_dir.nlink - 1)
+                self.drop_inode(dst)
+            elif dst_node.nlink <= 1:
+                self.drop_inode(dst)
+            else:
+                self.put(dst, msgspec.structs.replace(dst_node, nlink=dst_node.nlink - 1, ctime_ns=op.now_ns))
+        self.unlink_entry(op.parent, op.name)
+        self.link_entry(op.new_parent, op.new_name, src)
+        self.put(src, msgspec.structs.replace(src_node, ctime_ns=op.now_ns,
+                                              parent=op.new_parent if moving_dir else src_node.parent))
+        if op.parent == op.new_parent:
+            self.touch_dir(op.parent, dst_dir)
+        else:
+            self.touch_dir(op.parent, src_dir, nlink_delta=-1 if moving_dir else 0)
+            self.touch_dir(op.new_parent, self.get(op.new_parent) if dst is None else dst_dir,
+                           nlink_delta=1 if moving_dir else 0)
+        return src
+
+    def _exchange(self, op: Rename, src_dir: Inode, dst_dir: Inode, src: int, src_node: Inode, dst: int,
+                  dst_node: Inode) -> Any:
+        if src == dst:
+            return src
+        if src_node.kind == Kind.DIR and self.is_ancestor(src, op.new_parent):
+            raise InvalidArgument("cannot move a directory into its own subtree")
+        if dst_node.kind == Kind.DIR and self.is_ancestor(dst, op.parent):
+            raise InvalidArgument("cannot move a directory into its own subtree")
+        self.sticky_check(src_dir, src_node)
+        self.sticky_check(dst_dir, dst_node)
+        self.link_entry(op.parent, op.name, dst)
+        self.link_entry(op.new_parent, op.new_name, src)
+        if src_node.kind == Kind.DIR:
+            self.put(src, msgspec.structs.replace(src_node, parent=op.new_parent, ctime_ns=op.now_ns))
+        else:
+            self.put(src, msgspec.structs.replace(src_node, ctime_ns=op.now_ns))
+        if dst_node.kind == Kind.DIR:
+            self.put(dst, msgspec.structs.replace(dst_node, parent=op.parent, ctime_ns=op.now_ns))
+        else:
+            self.put(dst, msgspec.structs.replace(dst_node, ctime_ns=op.now_ns))
+        if op.parent != op.new_parent:
+            delta = int(src_node.kind == Kind.DIR) - int(dst_node.kind == Kind.DIR)
+            self.touch_dir(op.parent, self.get(op.parent), nlink_delta=-delta)
+            self.touch_dir(op.new_parent, self.get(op.new_parent), nlink_delta=delta)
+        else:
+            self.touch_dir(op.parent, self.get(op.parent))
+        return src
+
+    def _setattr(self, op: SetAttr) -> Any:
+        node = self.get(op.inode)
+        changes: dict[str, Any] = {"ctime_ns": op.now_ns}
+        owner_or_root = op.uid in (0, node.uid)
+        if op.mode is not None:
+            if not owner_or_root:
+                raise NotPermitted("only the owner may change the mode")
+            mode = op.mode & PERMISSION_BITS
+            if op.uid != 0 and op.gid != node.gid:
+                mode &= ~S_ISGID  # a non-member may not set setgid (Linux inode_change_ok)
+            changes["mode"] = mode
+        if op.new_uid is not None and op.new_uid != node.uid:
+            if op.uid != 0:
+                raise NotPermitted("only root may change the owner")
+            changes["uid"] = op.new_uid
+        if op.new_gid is not None and op.new_gid != node.gid:
+            if not owner_or_root:
+                raise NotPermitted("only the owner or root may change the group")
+            changes["gid"] = op.new_gid
+        if ("uid" in changes or "gid" in changes) and node.kind != Kind.DIR:
+            changes["mode"] = changes.get("mode", node.mode) & ~(S_ISUID | S_ISGID)
+        if op.size is not None:
+            if node.kind == Kind.DIR:
+                raise IsDir("cannot truncate a directory")
+            if node.kind != Kind.FILE:
+                raise InvalidArgument("only regular files have a size to set")
+            if op.size < 0:
+                raise InvalidArgument("negative size")
+            changes["size"] = op.size
+            changes["mtime_ns"] = op.now_ns
+        if op.atime_ns is not None:
+            changes["atime_ns"] = op.atime_ns
+        if op.mtime_ns is not None:
+            changes["mtime_ns"] = op.mtime_ns
+        node = msgspec.structs.replace(node, **changes)
+        self.put(op.inode, node)
+        return (op.inode, encoder.encode(node))
+
+
+__all__ = ["Command", "InitRoot", "Link", "Mkdir", "Mknod", "NamespaceStateMachine", "Op", "Rename",
+           "RENAME_EXCHANGE", "RENAME_NOREPLACE", "Rmdir", "SetAttr", "Symlink", "Unlink", "encode_command"]
