@@ -20,6 +20,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: test demo bench soak install system-packages clean
 
 test: install
+	$(PY) -m ruff check vstore tests bench
 	$(PY) -m pytest -q
 
 demo: install

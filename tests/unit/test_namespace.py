@@ -236,3 +236,27 @@ def test_a_failed_command_leaves_no_trace(ns: NS) -> None:
     # the failed mkdir's inode id was not consumed either: the counter moved once
     with ns.sm.env.begin() as txn:
         assert U64.unpack(txn.get(b"next_inode", db=ns.sm.tables[b"counters"]))[0] == next(ns.ids) - 1
+
+
+def test_extended_attributes_set_replace_list_and_remove(ns: NS) -> None:
+    from vstore.errors import NoAttribute, RangeError
+    from vstore.metadata.fsm.namespace import XATTR_CREATE, XATTR_REPLACE, RemoveXattr, SetXattr
+    f = ns.create(ROOT, b"f")
+    ns.do(SetXattr, inode=f, name=b"user.b", value=b"2")
+    ns.do(SetXattr, inode=f, name=b"user.a", value=b"1", flags=XATTR_CREATE)
+    with pytest.raises(Exists):
+        ns.do(SetXattr, inode=f, name=b"user.a", value=b"x", flags=XATTR_CREATE)
+    with pytest.raises(NoAttribute):
+        ns.do(SetXattr, inode=f, name=b"user.c", value=b"x", flags=XATTR_REPLACE)
+    ns.do(SetXattr, inode=f, name=b"user.a", value=b"one", flags=XATTR_REPLACE)
+    assert ns.sm.listxattr(f) == [b"user.a", b"user.b"] and ns.sm.getxattr(f, b"user.a") == b"one"
+    with pytest.raises(RangeError):
+        ns.do(SetXattr, inode=f, name=b"user.big", value=b"x" * 65537)
+    ns.do(RemoveXattr, inode=f, name=b"user.a")
+    with pytest.raises(NoAttribute):
+        ns.sm.getxattr(f, b"user.a")
+    with pytest.raises(NoAttribute):
+        ns.do(RemoveXattr, inode=f, name=b"user.a")
+    ns.do(Unlink, parent=ROOT, name=b"f")  # attributes go with the inode
+    with ns.sm.env.begin() as txn:
+        assert txn.cursor(db=ns.sm.tables[b"xattrs"]).first() is False

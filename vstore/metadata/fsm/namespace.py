@@ -19,11 +19,11 @@ from typing import Any
 import lmdb
 import msgspec
 
-from vstore.errors import (Exists, FsError, InvalidArgument, IsDir, NameTooLong, NotDir, NotEmpty,
-                           NotFound, NotPermitted, TooManyLinks)
+from vstore.errors import (Exists, FsError, InvalidArgument, IsDir, NameTooLong, NoAttribute, NotDir, NotEmpty,
+                           NotFound, NotPermitted, RangeError, TooManyLinks)
 from vstore.metadata.fsm.schema import (NAME_BYTES_MAX, PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX,
-                                        SYMLINK_BYTES_MAX, TABLES, U64, Inode, Kind, dentry_key, encoder,
-                                        inode_decoder, inode_key)
+                                        SYMLINK_BYTES_MAX, TABLES, U64, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
+                                        Inode, Kind, dentry_key, encoder, inode_decoder, inode_key, xattr_key)
 from vstore.metadata.raft.statemachine import LmdbStateMachine
 
 LINKS_MAX = 65_000
@@ -100,7 +100,23 @@ class SetAttr(Op, tag="setattr"):
     mtime_ns: int | None = None
 
 
-Command = InitRoot | Mknod | Mkdir | Symlink | Link | Unlink | Rmdir | Rename | SetAttr
+XATTR_CREATE = 1   # fail if the attribute exists (setxattr flags, as in Linux)
+XATTR_REPLACE = 2  # fail if it does not
+
+
+class SetXattr(Op, tag="setxattr"):
+    inode: int
+    name: bytes
+    value: bytes
+    flags: int = 0
+
+
+class RemoveXattr(Op, tag="removexattr"):
+    inode: int
+    name: bytes
+
+
+Command = InitRoot | Mknod | Mkdir | Symlink | Link | Unlink | Rmdir | Rename | SetAttr | SetXattr | RemoveXattr
 command_decoder = msgspec.msgpack.Decoder(Command)
 
 
@@ -155,6 +171,23 @@ class NamespaceStateMachine(LmdbStateMachine):
                     continue
                 out.append((bytes(name), U64.unpack(value)[0]))
         return out
+
+    def getxattr(self, inode: int, name: bytes) -> bytes:
+        with self.env.begin() as txn:
+            _get_inode(self, txn, inode)
+            value = txn.get(xattr_key(inode, name), db=self.tables[b"xattrs"])
+        if value is None:
+            raise NoAttribute(f"inode {inode} has no attribute {name!r}")
+        return bytes(value)
+
+    def listxattr(self, inode: int) -> list[bytes]:
+        prefix = U64.pack(inode)
+        with self.env.begin() as txn:
+            _get_inode(self, txn, inode)
+            cursor = txn.cursor(db=self.tables[b"xattrs"])
+            if not cursor.set_range(prefix):
+                return []
+            return [bytes(key[8:]) for key in cursor.iternext(keys=True, values=False) if key.startswith(prefix)]
 
     def readlink(self, inode: int) -> bytes:
         with self.env.begin() as txn:
@@ -453,6 +486,30 @@ class _Apply:
             self.touch_dir(op.parent, self.get(op.parent))
         return src
 
+    def _setxattr(self, op: SetXattr) -> Any:
+        self.get(op.inode)
+        if not op.name or b"\0" in op.name or len(op.name) > XATTR_NAME_BYTES_MAX:
+            raise RangeError(f"bad extended attribute name {op.name[:40]!r}") if op.name else \
+                InvalidArgument("empty extended attribute name")
+        if len(op.value) > XATTR_VALUE_BYTES_MAX:
+            raise RangeError(f"extended attribute value of {len(op.value)} bytes exceeds {XATTR_VALUE_BYTES_MAX}")
+        key = xattr_key(op.inode, op.name)
+        exists = self.txn.get(key, db=self.t[b"xattrs"]) is not None
+        if op.flags & XATTR_CREATE and exists:
+            raise Exists(f"attribute {op.name!r} exists (XATTR_CREATE)")
+        if op.flags & XATTR_REPLACE and not exists:
+            raise NoAttribute(f"attribute {op.name!r} does not exist (XATTR_REPLACE)")
+        self.txn.put(key, op.value, db=self.t[b"xattrs"])
+        self.put(op.inode, msgspec.structs.replace(self.get(op.inode), ctime_ns=op.now_ns))
+        return op.inode
+
+    def _removexattr(self, op: RemoveXattr) -> Any:
+        self.get(op.inode)
+        if not self.txn.delete(xattr_key(op.inode, op.name), db=self.t[b"xattrs"]):
+            raise NoAttribute(f"inode {op.inode} has no attribute {op.name!r}")
+        self.put(op.inode, msgspec.structs.replace(self.get(op.inode), ctime_ns=op.now_ns))
+        return op.inode
+
     def _setattr(self, op: SetAttr) -> Any:
         node = self.get(op.inode)
         changes: dict[str, Any] = {"ctime_ns": op.now_ns}
@@ -492,5 +549,6 @@ class _Apply:
         return (op.inode, encoder.encode(node))
 
 
-__all__ = ["Command", "InitRoot", "Link", "Mkdir", "Mknod", "NamespaceStateMachine", "Op", "Rename",
-           "RENAME_EXCHANGE", "RENAME_NOREPLACE", "Rmdir", "SetAttr", "Symlink", "Unlink", "encode_command"]
+__all__ = ["Command", "InitRoot", "Link", "Mkdir", "Mknod", "NamespaceStateMachine", "Op", "RemoveXattr", "Rename",
+           "RENAME_EXCHANGE", "RENAME_NOREPLACE", "Rmdir", "SetAttr", "SetXattr", "Symlink", "Unlink", "XATTR_CREATE",
+           "XATTR_REPLACE", "encode_command"]
