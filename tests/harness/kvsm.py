@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import lmdb
 import msgspec
 
-from vstore.metadata.raft.statemachine import LmdbStateMachine
+from vstore.metadata.raft.statemachine import EffectTxn, LmdbStateMachine
 
 
 class KvStateMachine(LmdbStateMachine):
     TABLES = (b"kv",)
 
-    def apply_command(self, txn: lmdb.Transaction, body: bytes, index: int, term: int) -> Any:
+    def apply_command(self, txn: EffectTxn, body: bytes, index: int, term: int) -> Any:
         op, key, value = msgspec.msgpack.decode(body)
         db = self.tables[b"kv"]
         if op == "append":

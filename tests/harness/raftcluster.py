@@ -192,3 +192,10 @@ class RaftCluster:
 
         await wait_for(lambda: not lagging(), timeout_s=timeout_s,
                        what=lambda: f"{key} to hold {len(expected)} values on {names}; lagging (count): {lagging()}")
+
+        def hashes() -> set[tuple[int, int]]:
+            return {self.nodes[n].sm.state_hash() for n in names if self.nodes[n].sm is not None}
+
+        # once they have applied the same entries, their state hashes must agree
+        await wait_for(lambda: len(hashes()) == 1, timeout_s=timeout_s,
+                       what=lambda: f"equal (applied, state hash) on {names}: {hashes()}")

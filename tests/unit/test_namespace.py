@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from tests.harness.namespace import NS, ROOT
+from vstore.metadata.fsm.namespace import NamespaceStateMachine
 from vstore.errors import Exists, FsError, InvalidArgument, IsDir, NameTooLong, NotDir, NotEmpty, NotFound, NotPermitted
 from vstore.metadata.fsm.namespace import (RENAME_EXCHANGE, RENAME_NOREPLACE, Link, Mknod, Rename, Rmdir, SetAttr,
                                            Symlink, Unlink)
@@ -260,3 +261,25 @@ def test_extended_attributes_set_replace_list_and_remove(ns: NS) -> None:
     ns.do(Unlink, parent=ROOT, name=b"f")  # attributes go with the inode
     with ns.sm.env.begin() as txn:
         assert txn.cursor(db=ns.sm.tables[b"xattrs"]).first() is False
+
+
+def test_replicas_applying_the_same_log_have_equal_state_hashes_and_a_divergence_shows(tmp_path: Path) -> None:
+    from vstore.metadata.fsm.namespace import Mkdir
+    a, b = NS(tmp_path / "a"), NS(tmp_path / "b")
+    try:
+        for ns_ in (a, b):
+            d = ns_.mkdir(ROOT, b"d")
+            ns_.create(d, b"f")
+            with pytest.raises(Exists):  # a failed command changes nothing, hash included
+                ns_.create(d, b"f")
+        assert a.sm.state_hash() == b.sm.state_hash() != (0, 0)
+        a.do(Mkdir, parent=ROOT, name=b"only-a", mode=0o755, inode=900)
+        b.do(Mkdir, parent=ROOT, name=b"only-b", mode=0o755, inode=900)
+        assert a.sm.state_hash()[0] == b.sm.state_hash()[0] and a.sm.state_hash() != b.sm.state_hash()
+        expected = a.sm.state_hash()
+        a.sm.close()
+        a.sm = NamespaceStateMachine(tmp_path / "a", map_size_bytes=1 << 26)
+        assert a.sm.state_hash() == expected  # durable with the applied index
+    finally:
+        a.sm.close()
+        b.sm.close()

@@ -24,7 +24,7 @@ from vstore.errors import (Exists, FsError, InvalidArgument, IsDir, NameTooLong,
 from vstore.metadata.fsm.schema import (NAME_BYTES_MAX, PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX,
                                         SYMLINK_BYTES_MAX, TABLES, U64, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
                                         Inode, Kind, dentry_key, encoder, inode_decoder, inode_key, xattr_key)
-from vstore.metadata.raft.statemachine import LmdbStateMachine
+from vstore.metadata.raft.statemachine import EffectTxn, LmdbStateMachine
 
 LINKS_MAX = 65_000
 RENAME_NOREPLACE = 1
@@ -129,9 +129,9 @@ class NamespaceStateMachine(LmdbStateMachine):
 
     # ---- applying ----------------------------------------------------------------------------
 
-    def apply_command(self, txn: lmdb.Transaction, body: bytes, index: int, term: int) -> Any:
+    def apply_command(self, txn: EffectTxn, body: bytes, index: int, term: int) -> Any:
         op = command_decoder.decode(body)
-        child = self.env.begin(write=True, parent=txn)
+        child = txn.child(self.env)
         try:
             result = _Apply(self, child, op).run()
         except FsError as exc:
@@ -200,21 +200,21 @@ class NamespaceStateMachine(LmdbStateMachine):
 # ---- helpers shared by reads and applies ---------------------------------------------------------
 
 
-def _get_inode(sm: NamespaceStateMachine, txn: lmdb.Transaction, inode: int) -> Inode:
+def _get_inode(sm: NamespaceStateMachine, txn: lmdb.Transaction | EffectTxn, inode: int) -> Inode:
     raw = txn.get(inode_key(inode), db=sm.tables[b"inodes"])
     if raw is None:
         raise NotFound(f"inode {inode} does not exist")
     return inode_decoder.decode(raw)
 
 
-def _dir(sm: NamespaceStateMachine, txn: lmdb.Transaction, inode: int) -> Inode:
+def _dir(sm: NamespaceStateMachine, txn: lmdb.Transaction | EffectTxn, inode: int) -> Inode:
     node = _get_inode(sm, txn, inode)
     if node.kind != Kind.DIR:
         raise NotDir(f"inode {inode} is not a directory")
     return node
 
 
-def _lookup(sm: NamespaceStateMachine, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+def _lookup(sm: NamespaceStateMachine, txn: lmdb.Transaction | EffectTxn, parent: int, name: bytes) -> int | None:
     raw = txn.get(dentry_key(parent, name), db=sm.tables[b"dentries"])
     return U64.unpack(raw)[0] if raw is not None else None
 
@@ -231,7 +231,7 @@ def _check_name(name: bytes) -> None:
 class _Apply:
     """One command against one (child) transaction. Validates before it writes."""
 
-    def __init__(self, sm: NamespaceStateMachine, txn: lmdb.Transaction, op: Command) -> None:
+    def __init__(self, sm: NamespaceStateMachine, txn: EffectTxn, op: Command) -> None:
         self.sm = sm
         self.txn = txn
         self.op = op
@@ -258,13 +258,18 @@ class _Apply:
     def drop_inode(self, inode: int) -> None:
         self.txn.delete(inode_key(inode), db=self.t[b"inodes"])
         self.txn.delete(inode_key(inode), db=self.t[b"symlinks"])
-        # xattrs: every key with this inode's prefix
+        # xattrs: every key with this inode's prefix (collected first: deletions go through
+        # the effect-recording transaction, not the cursor)
         cursor = self.txn.cursor(db=self.t[b"xattrs"])
         prefix = U64.pack(inode)
+        doomed = []
         if cursor.set_range(prefix):
-            while cursor.key().startswith(prefix):
-                if not cursor.delete() or not cursor.key():
+            for key in cursor.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
                     break
+                doomed.append(bytes(key))
+        for key in doomed:
+            self.txn.delete(key, db=self.t[b"xattrs"])
 
     def claim_inode(self, inode: int) -> None:
         raw = self.txn.get(b"next_inode", db=self.t[b"counters"])

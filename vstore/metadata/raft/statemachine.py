@@ -11,6 +11,12 @@ store):
 * **Applied index in the same transaction as the effects**, with the configuration and
   the sessions: after a crash the state is exactly "everything up to applied", so a
   restart never re-applies an entry and never skips one.
+* **A rolling state hash.** Every applied entry folds its effects (each put and delete, in
+  order, with the table, key and value) into ``hash(index) = xxh3(hash(index-1) ‖ index ‖
+  term ‖ effects)``, stored beside the applied index. Replicas that applied the same log
+  deterministically have equal hashes at equal indexes; a divergence (a non-deterministic
+  apply, a corrupted write) shows as a mismatch (LizardFS's metadata checksum idea).
+  Subclasses write through the ``EffectTxn`` they are given, never around it.
 * **Snapshots are the environment itself**: ``export_snapshot`` writes a compacted copy
   from one read transaction (a consistent point, taken while writes go on), and
   ``install_snapshot`` swaps a received copy in atomically (write, fsync, rename, fsync dir).
@@ -18,6 +24,7 @@ store):
 Layout (named databases; subclasses add their own):
 
     meta      b"applied"      16 bytes: index, term (big-endian)
+              b"state_hash"   8 bytes: the rolling state hash at the applied index
               b"conf_state"   msgpack ConfState
     sessions  client id       msgpack (seq, reply)
 
@@ -33,13 +40,70 @@ from typing import Any
 
 import lmdb
 import msgspec
+import xxhash
 
 from vstore.metadata.raft.codec import decode_conf_state, encode_conf_state
 from vstore.metadata.raft.storage import FatalStorageError
 from vstore.wire.raft import ConfState, Entry, EntryType, SnapshotMeta
 
 _APPLIED = struct.Struct(">QQ")
+_HASH = struct.Struct(">Q")
+_HASH_HEAD = struct.Struct(">QQQ")
 _encoder = msgspec.msgpack.Encoder()
+
+
+class EffectTxn:
+    """A write transaction that records every put and delete it carries out, so the state
+    hash covers exactly the effects that were committed. ``child()`` opens a nested
+    transaction whose effects count only if it commits (LMDB nested transactions)."""
+
+    __slots__ = ("raw", "_names", "effects", "_parent")
+
+    def __init__(self, raw: lmdb.Transaction, names: dict[Any, bytes], parent: EffectTxn | None = None) -> None:
+        self.raw = raw
+        self._names = names
+        self.effects: list[bytes] = []
+        self._parent = parent
+
+    def get(self, key: bytes, *, db: Any) -> bytes | None:
+        return self.raw.get(key, db=db)
+
+    def cursor(self, *, db: Any) -> lmdb.Cursor:
+        """For reading only: deletions must go through ``delete`` to be counted."""
+        return self.raw.cursor(db=db)
+
+    def put(self, key: bytes, value: bytes, *, db: Any) -> None:
+        self.raw.put(key, value, db=db)
+        name = self._names[db]
+        self.effects.append(b"P" + len(name).to_bytes(1, "big") + name + len(key).to_bytes(4, "big") + key + value)
+
+    def delete(self, key: bytes, *, db: Any) -> bool:
+        deleted = bool(self.raw.delete(key, db=db))
+        if deleted:
+            name = self._names[db]
+            self.effects.append(b"D" + len(name).to_bytes(1, "big") + name + key)
+        return deleted
+
+    def child(self, env: lmdb.Environment) -> EffectTxn:
+        return EffectTxn(env.begin(write=True, parent=self.raw), self._names, self)
+
+    def commit(self) -> None:
+        self.raw.commit()
+        if self._parent is not None:
+            self._parent.effects.extend(self.effects)
+
+    def abort(self) -> None:
+        self.raw.abort()
+        self.effects.clear()
+
+
+def fold_state_hash(previous: int, index: int, term: int, effects: list[bytes]) -> int:
+    h = xxhash.xxh3_64()
+    h.update(_HASH_HEAD.pack(previous, index, term))
+    for effect in effects:
+        h.update(len(effect).to_bytes(4, "big"))
+        h.update(effect)
+    return h.intdigest()
 
 
 class Proposal(msgspec.Struct, array_like=True, frozen=True):
@@ -86,9 +150,14 @@ class LmdbStateMachine:
         self._meta = self.env.open_db(b"meta")
         self._sessions = self.env.open_db(b"sessions")
         self.tables = {name: self.env.open_db(name) for name in self.TABLES}
+        self._names = {db: name for name, db in self.tables.items()}
+        self._names[self._sessions] = b"sessions"
+        self._names[self._meta] = b"meta"
         with self.env.begin() as txn:
             raw = txn.get(b"applied", db=self._meta)
             self._applied = _APPLIED.unpack(raw) if raw else (0, 0)
+            raw = txn.get(b"state_hash", db=self._meta)
+            self._state_hash = _HASH.unpack(raw)[0] if raw else 0
             raw = txn.get(b"conf_state", db=self._meta)
             self._conf_state = decode_conf_state(raw) if raw else ConfState()
 
@@ -99,6 +168,10 @@ class LmdbStateMachine:
 
     def conf_state(self) -> ConfState:
         return self._conf_state
+
+    def state_hash(self) -> tuple[int, int]:
+        """(applied index, rolling state hash at that index)."""
+        return self._applied[0], self._state_hash
 
     def snapshot_meta(self) -> SnapshotMeta:
         index, term = self._applied
@@ -113,10 +186,12 @@ class LmdbStateMachine:
         results: list[Any] = []
         applied = self._applied
         conf_state = self._conf_state
+        state_hash = self._state_hash
         try:
-            with self.env.begin(write=True) as txn:
+            with self.env.begin(write=True) as raw:
                 for entry in entries:
                     assert entry.index == applied[0] + 1, f"apply out of order: {entry.index} after {applied[0]}"
+                    txn = EffectTxn(raw, self._names)
                     if entry.type == EntryType.CONF_CHANGE:
                         conf_state = conf_states[entry.index]
                         txn.put(b"conf_state", encode_conf_state(conf_state), db=self._meta)
@@ -126,14 +201,17 @@ class LmdbStateMachine:
                     else:
                         results.append(None)  # a leader's no-op
                     applied = (entry.index, entry.term)
-                txn.put(b"applied", _APPLIED.pack(*applied), db=self._meta)
+                    state_hash = fold_state_hash(state_hash, entry.index, entry.term, txn.effects)
+                raw.put(b"applied", _APPLIED.pack(*applied), db=self._meta)
+                raw.put(b"state_hash", _HASH.pack(state_hash), db=self._meta)
         except lmdb.Error as exc:  # MapFullError included: the entry cannot be applied here
             raise FatalStorageError(f"cannot apply to the state machine in {self.path}: {exc}") from exc
         self._applied = applied
         self._conf_state = conf_state
+        self._state_hash = state_hash
         return results
 
-    def _apply_proposal(self, txn: lmdb.Transaction, entry: Entry) -> Any:
+    def _apply_proposal(self, txn: EffectTxn, entry: Entry) -> Any:
         proposal = _proposal_decoder.decode(entry.data)
         if proposal.client_id:
             key = proposal.client_id.encode()
@@ -150,9 +228,9 @@ class LmdbStateMachine:
                     db=self._sessions)
         return result
 
-    def apply_command(self, txn: lmdb.Transaction, body: bytes, index: int, term: int) -> Any:
-        """Apply one command inside ``txn``; return its (msgpack-able) reply. Deterministic:
-        everything it needs is in ``body`` (the leader chose ids and times)."""
+    def apply_command(self, txn: EffectTxn, body: bytes, index: int, term: int) -> Any:
+        """Apply one command inside ``txn`` (write only through it); return its (msgpack-able)
+        reply. Deterministic: everything it needs is in ``body`` (the leader chose ids and times)."""
         raise NotImplementedError
 
     def sync(self) -> None:
