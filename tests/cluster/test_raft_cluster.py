@@ -201,3 +201,32 @@ async def test_a_failed_log_write_stops_the_node_and_fails_its_requests(cluster:
     await wait_for(lambda: all(cluster.nodes[n].sm.get("k") in ((2,), (1, 2)) for n in survivors)
                    and len({cluster.nodes[n].sm.get("k") for n in survivors}) == 1,
                    timeout_s=20, what="survivors to agree")
+
+
+async def test_a_replica_whose_state_diverges_is_caught_by_a_state_check_and_stops_voting(tmp_path: Path,
+                                                                                          expect_log) -> None:
+    """RELIABILITY.md §4.5: the leader's periodic state-hash checkpoints let every replica
+    compare; one that applied something different stops voting (and must be re-synced)."""
+    expect_log("raft.state_diverged")
+    cluster = RaftCluster(tmp_path, ["m1", "m2", "m3"], state_check_every_entries=5)
+    await cluster.start()
+    try:
+        for i in range(12):
+            await cluster.append("k", i)
+        await cluster.converged("k", tuple(range(12)))
+        leader = await cluster.leader()
+        assert leader.node is not None and leader.node.stats["state_checks"] >= 2
+        assert all(n.sm is not None and n.sm.divergence is None for n in cluster.running())
+        victim = next(n for n in cluster.running() if n is not leader)
+        assert victim.sm is not None and victim.node is not None
+        # simulate a non-deterministic apply on one replica: its hash stops matching
+        victim.sm._state_hash ^= 0xDEADBEEF
+        for i in range(12, 24):
+            await cluster.append("k", i)
+        await wait_for(lambda: victim.sm is not None and victim.sm.divergence is not None, timeout_s=20,
+                       what="the divergence to be detected")
+        await wait_for(lambda: victim.node is not None and victim.node.status()["voting_disabled"] == 1,
+                       timeout_s=10, what="voting to be disabled")
+        assert victim.store is not None and victim.store.voting_disabled
+    finally:
+        await cluster.close()

@@ -62,6 +62,7 @@ class ClusterNode:
                                             raft=self.cluster.raft_config,
                                             compact_trailing_entries=self.cluster.compact_trailing_entries,
                                             snapshot_chunk_bytes=self.cluster.snapshot_chunk_bytes,
+                                            state_check_every_entries=self.cluster.state_check_every_entries,
                                             initial_peers=peers),
                              self.store, self.sm, self.cluster.auth(self.id))
         self.node.register(self.router)
@@ -88,13 +89,15 @@ class ClusterNode:
 
 class RaftCluster:
     def __init__(self, root: Path, ids: list[str], *, tick_ms: int = 50, raft_config: RaftConfig | None = None,
-                 compact_trailing_entries: int = 10_000, snapshot_chunk_bytes: int = 1 << 20) -> None:
+                 compact_trailing_entries: int = 10_000, snapshot_chunk_bytes: int = 1 << 20,
+                 state_check_every_entries: int = 1000) -> None:
         self.root = root
         self.secret = secrets.token_bytes(32)
         self.tick_ms = tick_ms
         self.raft_config = raft_config or RaftConfig(election_tick=10, heartbeat_tick=1)
         self.compact_trailing_entries = compact_trailing_entries
         self.snapshot_chunk_bytes = snapshot_chunk_bytes
+        self.state_check_every_entries = state_check_every_entries
         self.nodes = {node_id: ClusterNode(self, node_id) for node_id in ids}
         self.seq = 0
 

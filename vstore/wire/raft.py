@@ -26,6 +26,20 @@ _ENTRY_HEAD = struct.Struct(">QQB")
 class EntryType(enum.IntEnum):
     NORMAL = 0       # a state machine command; empty data = the leader's no-op
     CONF_CHANGE = 1  # data is an encoded ConfChange
+    STATE_CHECK = 2  # data is an encoded StateCheck: the leader's state hash at an earlier index
+
+
+#: A full unsigned 64-bit hash (msgspec checks ranges only within int64, so no upper bound here;
+#: msgpack itself cannot carry more than 64 bits).
+Hash64 = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class StateCheck(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """The proposer's (applied index, rolling state hash): every replica that applied the
+    same index compares its own hash when it applies this entry."""
+
+    index: U64
+    state_hash: Hash64
 
 
 class ConfChangeType(enum.IntEnum):
@@ -37,11 +51,6 @@ class ConfChangeType(enum.IntEnum):
 
 def entry_checksum(index: int, term: int, entry_type: int, data: bytes) -> int:
     return xxhash.xxh3_64_intdigest(_ENTRY_HEAD.pack(index, term, entry_type) + data)
-
-
-#: A full unsigned 64-bit hash (msgspec checks ranges only within int64, so no upper bound here;
-#: msgpack itself cannot carry more than 64 bits).
-Hash64 = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Entry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):

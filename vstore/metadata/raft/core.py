@@ -26,6 +26,7 @@ After etcd-io/raft (raft.go), with its safety features on by default:
 
 from __future__ import annotations
 
+import dataclasses
 from random import Random
 
 from vstore.metadata.raft import quorum
@@ -135,6 +136,16 @@ class RaftCore:
         entry with this index *and the current term* is applied. Raises NotLeaderError,
         ProposalDropped."""
         return self._propose(data, EntryType.NORMAL)
+
+    def propose_state_check(self, data: bytes) -> int:
+        """Append a state-hash checkpoint (an encoded StateCheck) for every replica to verify."""
+        return self._propose(data, EntryType.STATE_CHECK)
+
+    def disable_voting(self) -> None:
+        """From now on never vote or campaign (the node's state can no longer be trusted)."""
+        self.config = dataclasses.replace(self.config, voting_disabled=True)
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, None)
 
     def propose_conf_change(self, change: ConfChange) -> int:
         """Propose one membership change. Refused while another is pending, before the

@@ -47,7 +47,7 @@ import xxhash
 from vstore.errors import Busy, ConnectionLost, NotLeader, Unavailable, VStoreError
 from vstore.metadata.raft.codec import decode_conf_change
 from vstore.metadata.raft.core import RaftCore
-from vstore.metadata.raft.statemachine import LmdbStateMachine, StaleProposal
+from vstore.metadata.raft.statemachine import LmdbStateMachine, StaleProposal, encode_state_check
 from vstore.metadata.raft.storage import FatalStorageError, RaftLogStore
 from vstore.metadata.raft.types import NotLeaderError, ProposalDropped, RaftConfig, Ready, Role
 from vstore.net import Auth, Limits, RequestContext, Router, RpcClient
@@ -80,6 +80,9 @@ class RaftNodeConfig:
     #: them (a node joining gets the current membership from the leader when it is added,
     #: as etcd's member add does). The applied configuration takes precedence.
     initial_peers: dict[str, str] = field(default_factory=dict)
+    #: The leader proposes a state-hash checkpoint after this many applied entries; every
+    #: replica compares it with its own hash at that index (0: never).
+    state_check_every_entries: int = 1000
 
 
 class StartupError(Exception):
@@ -127,7 +130,9 @@ class RaftNode:
         self.leader_id: str | None = None
         self.role: Role = Role.FOLLOWER
         self.stats = {"readies": 0, "fsyncs": 0, "entries_persisted": 0, "entries_applied": 0, "messages_sent": 0,
-                      "messages_dropped": 0, "snapshots_sent": 0, "snapshots_installed": 0, "leader_changes": 0}
+                      "messages_dropped": 0, "snapshots_sent": 0, "snapshots_installed": 0, "leader_changes": 0,
+                      "state_checks": 0}
+        self._entries_since_check = 0
         (config.data_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         self._note_membership()
 
@@ -367,6 +372,7 @@ class RaftNode:
             if conf_states:
                 self._update_peers()
                 self._note_membership()
+            self._after_apply(len(entries))
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         for rs in rd.read_states:
@@ -375,6 +381,28 @@ class RaftNode:
                 self._read_waiters.append((rs.index, future))
         self.core.advance(rd)
         self._release_reads()
+
+    def _after_apply(self, applied_count: int) -> None:
+        """Compare state hashes: report a divergence once, and as leader propose checkpoints."""
+        divergence = self.sm.divergence
+        if divergence is not None and not self.core.config.voting_disabled:
+            index, mine, theirs = divergence
+            log.critical("raft.state_diverged", extra={"node": self.id, "index": index, "state_hash": f"{mine:016x}",
+                                                       "leader_hash": f"{theirs:016x}",
+                                                       "action": "voting disabled; remove and re-add this node"})
+            self.log_store.disable_voting(f"state hash diverged at index {index}")
+            self.core.disable_voting()
+        every = self.config.state_check_every_entries
+        if every and self.role is Role.LEADER:
+            self._entries_since_check += applied_count
+            if self._entries_since_check >= every:
+                self._entries_since_check = 0
+                index, state_hash = self.sm.state_hash()
+                try:
+                    self.core.propose_state_check(encode_state_check(index, state_hash))
+                    self.stats["state_checks"] += 1
+                except (NotLeaderError, ProposalDropped):
+                    pass
 
     def _may_send_before_persist(self, rd: Ready) -> bool:
         """A leader may send its appends while it writes the same entries locally (thesis

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ import xxhash
 
 from vstore.metadata.raft.codec import decode_conf_state, encode_conf_state
 from vstore.metadata.raft.storage import FatalStorageError
-from vstore.wire.raft import ConfState, Entry, EntryType, SnapshotMeta
+from vstore.wire.raft import ConfState, Entry, EntryType, SnapshotMeta, StateCheck
 
 _APPLIED = struct.Struct(">QQ")
 _HASH = struct.Struct(">Q")
@@ -116,6 +117,13 @@ class Proposal(msgspec.Struct, array_like=True, frozen=True):
 
 
 _proposal_decoder = msgspec.msgpack.Decoder(Proposal)
+_state_check_decoder = msgspec.msgpack.Decoder(StateCheck)
+#: How many recent (index -> state hash) pairs a replica remembers to answer state checks.
+_RECENT_HASHES = 65_536
+
+
+def encode_state_check(index: int, state_hash: int) -> bytes:
+    return _encoder.encode(StateCheck(index=index, state_hash=state_hash))
 _session_decoder = msgspec.msgpack.Decoder(tuple[int, bytes])
 
 
@@ -160,6 +168,9 @@ class LmdbStateMachine:
             self._state_hash = _HASH.unpack(raw)[0] if raw else 0
             raw = txn.get(b"conf_state", db=self._meta)
             self._conf_state = decode_conf_state(raw) if raw else ConfState()
+        self._recent_hashes: OrderedDict[int, int] = OrderedDict([(self._applied[0], self._state_hash)])
+        #: (index, our hash, the proposer's hash) of the first state check that failed, if any
+        self.divergence: tuple[int, int, int] | None = None
 
     # ---- what the Raft shell reads ------------------------------------------------------------
 
@@ -187,6 +198,8 @@ class LmdbStateMachine:
         applied = self._applied
         conf_state = self._conf_state
         state_hash = self._state_hash
+        batch_hashes: dict[int, int] = {}
+        divergence = None
         try:
             with self.env.begin(write=True) as raw:
                 for entry in entries:
@@ -196,12 +209,19 @@ class LmdbStateMachine:
                         conf_state = conf_states[entry.index]
                         txn.put(b"conf_state", encode_conf_state(conf_state), db=self._meta)
                         results.append(None)
+                    elif entry.type == EntryType.STATE_CHECK:
+                        check = _state_check_decoder.decode(entry.data)
+                        mine = batch_hashes.get(check.index, self._recent_hashes.get(check.index))
+                        if mine is not None and mine != check.state_hash and divergence is None:
+                            divergence = (check.index, mine, check.state_hash)
+                        results.append(None)
                     elif entry.data:
                         results.append(self._apply_proposal(txn, entry))
                     else:
                         results.append(None)  # a leader's no-op
                     applied = (entry.index, entry.term)
                     state_hash = fold_state_hash(state_hash, entry.index, entry.term, txn.effects)
+                    batch_hashes[entry.index] = state_hash
                 raw.put(b"applied", _APPLIED.pack(*applied), db=self._meta)
                 raw.put(b"state_hash", _HASH.pack(state_hash), db=self._meta)
         except lmdb.Error as exc:  # MapFullError included: the entry cannot be applied here
@@ -209,6 +229,11 @@ class LmdbStateMachine:
         self._applied = applied
         self._conf_state = conf_state
         self._state_hash = state_hash
+        self._recent_hashes.update(batch_hashes)
+        while len(self._recent_hashes) > _RECENT_HASHES:
+            self._recent_hashes.popitem(last=False)
+        if divergence is not None and self.divergence is None:
+            self.divergence = divergence
         return results
 
     def _apply_proposal(self, txn: EffectTxn, entry: Entry) -> Any:
