@@ -55,6 +55,8 @@ class NS:
         with self.sm.env.begin() as txn:
             for key, raw in txn.cursor(db=self.sm.tables[b"inodes"]):
                 inodes[U64.unpack(key)[0]] = inode_decoder.decode(raw)
+            orphans = {U64.unpack(key)[0] for key, _ in txn.cursor(db=self.sm.tables[b"orphans"])}
+            opened = {U64.unpack(key[:8])[0] for key, _ in txn.cursor(db=self.sm.tables[b"opens"])}
             for key, raw in txn.cursor(db=self.sm.tables[b"dentries"]):
                 parent, child = U64.unpack(key[:8])[0], U64.unpack(raw)[0]
                 assert child in inodes, f"dentry {key[8:]!r} in {parent} points to missing inode {child}"
@@ -69,3 +71,7 @@ class NS:
                     assert parents.get(inode) == [node.parent], f"dir {inode} parents {parents.get(inode)}"
             else:
                 assert node.nlink == refs.get(inode, 0), f"inode {inode} nlink {node.nlink} != {refs.get(inode)}"
+                if node.nlink == 0:
+                    assert inode in orphans and inode in opened, f"inode {inode} has no name and is not held open"
+        for inode in orphans:
+            assert inode in inodes and inodes[inode].nlink == 0, f"orphan {inode} still has a name or is gone"

@@ -283,3 +283,40 @@ def test_replicas_applying_the_same_log_have_equal_state_hashes_and_a_divergence
     finally:
         a.sm.close()
         b.sm.close()
+
+
+def test_an_open_file_outlives_its_last_name_until_the_last_release(ns: NS) -> None:
+    from vstore.metadata.fsm.namespace import Open, Release
+    f = ns.create(ROOT, b"img")
+    ns.do(Open, inode=f, session=b"host-a")
+    ns.do(Open, inode=f, session=b"host-a")
+    ns.do(Open, inode=f, session=b"host-b")
+    ns.do(Unlink, parent=ROOT, name=b"img")
+    assert ns.names(ROOT) == [] and ns.sm.getattr(f).nlink == 0  # still readable through the handles
+    ns.do(Release, inode=f, session=b"host-a")
+    ns.do(Release, inode=f, session=b"host-b")
+    assert ns.sm.getattr(f).nlink == 0  # host-a still holds one handle
+    ns.do(Release, inode=f, session=b"host-a")
+    with pytest.raises(NotFound):
+        ns.sm.getattr(f)
+    with pytest.raises(InvalidArgument):
+        ns.do(Release, inode=f, session=b"host-a")
+
+
+def test_an_expired_session_releases_its_files_and_orphans_are_collected(ns: NS) -> None:
+    from vstore.metadata.fsm.namespace import ExpireSession, Open
+    kept, orphan = ns.create(ROOT, b"kept"), ns.create(ROOT, b"orphan")
+    target = ns.create(ROOT, b"target")
+    for inode in (kept, orphan, target):
+        ns.do(Open, inode=inode, session=b"dead-host")
+    ns.do(Unlink, parent=ROOT, name=b"orphan")
+    ns.do(Rename, parent=ROOT, name=b"kept", new_parent=ROOT, new_name=b"target")  # replaces an open file
+    assert ns.sm.getattr(target).nlink == 0
+    assert ns.do(ExpireSession, session=b"dead-host") == 3
+    for gone in (orphan, target):
+        with pytest.raises(NotFound):
+            ns.sm.getattr(gone)
+    assert ns.sm.lookup(ROOT, b"target")[0] == kept and ns.sm.getattr(kept).nlink == 1
+    with ns.sm.env.begin() as txn:
+        assert txn.cursor(db=ns.sm.tables[b"orphans"]).first() is False
+        assert txn.cursor(db=ns.sm.tables[b"opens"]).first() is False

@@ -100,6 +100,24 @@ class SetAttr(Op, tag="setattr"):
     mtime_ns: int | None = None
 
 
+class Open(Op, tag="open"):
+    """A client session opened the inode: its data must outlive its names until released."""
+
+    inode: int
+    session: bytes
+
+
+class Release(Op, tag="release"):
+    inode: int
+    session: bytes
+
+
+class ExpireSession(Op, tag="expire_session"):
+    """A client died (its session expired): release everything it held open."""
+
+    session: bytes
+
+
 XATTR_CREATE = 1   # fail if the attribute exists (setxattr flags, as in Linux)
 XATTR_REPLACE = 2  # fail if it does not
 
@@ -116,7 +134,8 @@ class RemoveXattr(Op, tag="removexattr"):
     name: bytes
 
 
-Command = InitRoot | Mknod | Mkdir | Symlink | Link | Unlink | Rmdir | Rename | SetAttr | SetXattr | RemoveXattr
+Command = (InitRoot | Mknod | Mkdir | Symlink | Link | Unlink | Rmdir | Rename | SetAttr | SetXattr | RemoveXattr
+           | Open | Release | ExpireSession)
 command_decoder = msgspec.msgpack.Decoder(Command)
 
 
@@ -377,12 +396,61 @@ class _Apply:
         self.touch_dir(parent, directory, nlink_delta=-1 if want_dir else 0)
         remaining = 0 if want_dir else node.nlink - 1
         if remaining <= 0:
-            # Open-unlinked files keep their data until the last close: that bookkeeping
-            # (the open table) arrives with the open/release commands; today the inode goes.
-            self.drop_inode(child)
+            self.forget_name(child, node)
         else:
             self.put(child, msgspec.structs.replace(node, nlink=remaining, ctime_ns=self.op.now_ns))
         return child
+
+    def is_open(self, inode: int) -> bool:
+        cursor = self.txn.cursor(db=self.t[b"opens"])
+        prefix = U64.pack(inode)
+        return bool(cursor.set_range(prefix) and cursor.key().startswith(prefix))
+
+    def forget_name(self, inode: int, node: Inode) -> None:
+        """The inode lost its last name: remove it, unless a session still holds it open
+        (then it lives on as an orphan until the last release: POSIX unlink-while-open)."""
+        if node.kind != Kind.DIR and self.is_open(inode):
+            self.put(inode, msgspec.structs.replace(node, nlink=0, ctime_ns=self.op.now_ns))
+            self.txn.put(inode_key(inode), b"", db=self.t[b"orphans"])
+        else:
+            self.drop_inode(inode)
+
+    def _open(self, op: Open) -> Any:
+        node = self.get(op.inode)
+        key = inode_key(op.inode) + op.session
+        raw = self.txn.get(key, db=self.t[b"opens"])
+        count = (int.from_bytes(raw, "big") if raw else 0) + 1
+        self.txn.put(key, count.to_bytes(4, "big"), db=self.t[b"opens"])
+        return (op.inode, encoder.encode(node))
+
+    def _release(self, op: Release) -> Any:
+        key = inode_key(op.inode) + op.session
+        raw = self.txn.get(key, db=self.t[b"opens"])
+        if raw is None:
+            raise InvalidArgument(f"session does not hold inode {op.inode} open")
+        count = int.from_bytes(raw, "big") - 1
+        if count:
+            self.txn.put(key, count.to_bytes(4, "big"), db=self.t[b"opens"])
+        else:
+            self.txn.delete(key, db=self.t[b"opens"])
+            self.collect_orphan(op.inode)
+        return op.inode
+
+    def collect_orphan(self, inode: int) -> None:
+        if self.txn.get(inode_key(inode), db=self.t[b"orphans"]) is not None and not self.is_open(inode):
+            self.txn.delete(inode_key(inode), db=self.t[b"orphans"])
+            self.drop_inode(inode)
+
+    def _expiresession(self, op: ExpireSession) -> Any:
+        # every open of this session: a full scan of the opens table (sessions expire rarely;
+        # an index by session would cost a second write on every open)
+        cursor = self.txn.cursor(db=self.t[b"opens"])
+        held = [bytes(key) for key in cursor.iternext(keys=True, values=False) if key[8:] == op.session]
+        for key in held:
+            self.txn.delete(key, db=self.t[b"opens"])
+        for key in held:
+            self.collect_orphan(U64.unpack(key[:8])[0])
+        return len(held)
 
     def _unlink(self, op: Unlink) -> Any:
         return self._remove(op.parent, op.name, want_dir=False)
@@ -448,7 +516,7 @@ class _Apply:
                 dst_dir = msgspec.structs.replace(dst_dir, nlink=dst_dir.nlink - 1)
                 self.drop_inode(dst)
             elif dst_node.nlink <= 1:
-                self.drop_inode(dst)
+                self.forget_name(dst, dst_node)
             else:
                 self.put(dst, msgspec.structs.replace(dst_node, nlink=dst_node.nlink - 1, ctime_ns=op.now_ns))
         self.unlink_entry(op.parent, op.name)
@@ -556,4 +624,4 @@ class _Apply:
 
 __all__ = ["Command", "InitRoot", "Link", "Mkdir", "Mknod", "NamespaceStateMachine", "Op", "RemoveXattr", "Rename",
            "RENAME_EXCHANGE", "RENAME_NOREPLACE", "Rmdir", "SetAttr", "SetXattr", "Symlink", "Unlink", "XATTR_CREATE",
-           "XATTR_REPLACE", "encode_command"]
+           "XATTR_REPLACE", "encode_command", "Open", "Release", "ExpireSession"]

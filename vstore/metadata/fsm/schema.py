@@ -11,12 +11,16 @@ byte order is numeric order, and a directory's entries sit together, sorted by n
     symlinks     inode u64                              target bytes
     xattrs       inode u64 + name bytes                 value bytes
     counters     b"next_inode"                          u64: every inode id below it was handed out
+    opens        inode u64 + session id bytes           u32: how many handles that session holds
+    orphans      inode u64                              b"": unlinked (nlink 0) but still open
 
 Invariants (checked by ``check_namespace`` in the tests after every scenario):
 * every dentry points to an existing inode, and an inode's ``nlink`` equals the number of
   dentries naming it (plus, for a directory, its "." and each subdirectory's "..");
 * a directory has exactly one dentry and its ``parent`` field names the directory holding it;
-* the root (inode 1) is a directory that no dentry names, and is its own parent.
+* the root (inode 1) is a directory that no dentry names, and is its own parent;
+* an inode with nlink 0 exists only while some session holds it open, and is then listed in
+  ``orphans``; the last release (or the expiry of the last session holding it) removes it.
 
 Inode ids are chosen by the leader and carried in the log entry (apply only replays); apply
 refuses an id at or below ``next_inode``'s previous value, so a replay or a confused leader
@@ -32,7 +36,7 @@ import msgspec
 
 U64 = struct.Struct(">Q")
 
-TABLES = (b"inodes", b"dentries", b"symlinks", b"xattrs", b"counters")
+TABLES = (b"inodes", b"dentries", b"symlinks", b"xattrs", b"counters", b"opens", b"orphans")
 
 ROOT_INODE = 1
 NAME_BYTES_MAX = 255          # NAME_MAX on Linux
