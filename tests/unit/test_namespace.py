@@ -320,3 +320,19 @@ def test_an_expired_session_releases_its_files_and_orphans_are_collected(ns: NS)
     with ns.sm.env.begin() as txn:
         assert txn.cursor(db=ns.sm.tables[b"orphans"]).first() is False
         assert txn.cursor(db=ns.sm.tables[b"opens"]).first() is False
+
+
+def test_replication_policies_default_to_3_2_and_are_inherited_at_creation(ns: NS) -> None:
+    from vstore.metadata.fsm.namespace import SetPolicy
+    d = ns.mkdir(ROOT, b"vm-disks")
+    assert ns.sm.getattr(d).policy == "3:2"
+    assert ns.do(SetPolicy, inode=d, policy="2") == "2:1"
+    f = ns.create(d, b"disk.img")
+    sub = ns.mkdir(d, b"sub")
+    assert ns.sm.getattr(f).policy == "2:1" and ns.sm.getattr(sub).policy == "2:1"
+    ns.do(Rename, parent=d, name=b"disk.img", new_parent=ROOT, new_name=b"disk.img")
+    assert ns.sm.getattr(f).policy == "2:1"  # moving keeps the file's own policy
+    with pytest.raises(InvalidArgument, match="replicas="):
+        ns.do(SetPolicy, inode=d, policy="3:5")
+    with pytest.raises(NotPermitted):
+        ns.do(SetPolicy, inode=d, policy="3:2", uid=1234, gid=1234)

@@ -24,6 +24,7 @@ from vstore.errors import (Exists, FsError, InvalidArgument, IsDir, NameTooLong,
 from vstore.metadata.fsm.schema import (NAME_BYTES_MAX, PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX,
                                         SYMLINK_BYTES_MAX, TABLES, U64, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
                                         Inode, Kind, dentry_key, encoder, inode_decoder, inode_key, xattr_key)
+from vstore.metadata.placement import ReplicaPolicy
 from vstore.metadata.raft.statemachine import EffectTxn, LmdbStateMachine
 
 LINKS_MAX = 65_000
@@ -118,6 +119,16 @@ class ExpireSession(Op, tag="expire_session"):
     session: bytes
 
 
+class SetPolicy(Op, tag="set_policy"):
+    """``replicas=N:min`` on a file or directory. New entries copy their directory's policy
+    when they are created (so moving a file later does not silently change its copies)."""
+
+    inode: int
+    policy: str
+
+
+DEFAULT_POLICY = "3:2"
+
 XATTR_CREATE = 1   # fail if the attribute exists (setxattr flags, as in Linux)
 XATTR_REPLACE = 2  # fail if it does not
 
@@ -135,7 +146,7 @@ class RemoveXattr(Op, tag="removexattr"):
 
 
 Command = (InitRoot | Mknod | Mkdir | Symlink | Link | Unlink | Rmdir | Rename | SetAttr | SetXattr | RemoveXattr
-           | Open | Release | ExpireSession)
+           | Open | Release | ExpireSession | SetPolicy)
 command_decoder = msgspec.msgpack.Decoder(Command)
 
 
@@ -322,6 +333,7 @@ class _Apply:
     def create(self, parent: int, name: bytes, inode: int, node: Inode) -> Any:
         directory = self.new_entry_checks(parent, name)
         self.claim_inode(inode)
+        node = msgspec.structs.replace(node, policy=directory.policy or DEFAULT_POLICY)
         if directory.mode & S_ISGID:  # BSD group semantics in setgid directories
             node = msgspec.structs.replace(node, gid=directory.gid,
                                            mode=node.mode | (S_ISGID if node.kind == Kind.DIR else 0))
@@ -341,7 +353,8 @@ class _Apply:
     def _initroot(self, op: InitRoot) -> Any:
         if self.txn.get(inode_key(ROOT_INODE), db=self.t[b"inodes"]) is not None:
             raise Exists("the root directory already exists")
-        self.put(ROOT_INODE, self.new_inode(Kind.DIR, op.mode, nlink=2, parent=ROOT_INODE))
+        root = self.new_inode(Kind.DIR, op.mode, nlink=2, parent=ROOT_INODE)
+        self.put(ROOT_INODE, msgspec.structs.replace(root, policy=DEFAULT_POLICY))
         self.txn.put(b"next_inode", U64.pack(ROOT_INODE + 1), db=self.t[b"counters"])
         return ROOT_INODE
 
@@ -559,6 +572,17 @@ class _Apply:
             self.touch_dir(op.parent, self.get(op.parent))
         return src
 
+    def _setpolicy(self, op: SetPolicy) -> Any:
+        node = self.get(op.inode)
+        if op.uid not in (0, node.uid):
+            raise NotPermitted("only the owner or root may change the replication policy")
+        try:
+            policy = ReplicaPolicy.parse(op.policy)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        self.put(op.inode, msgspec.structs.replace(node, policy=str(policy), ctime_ns=op.now_ns))
+        return str(policy)
+
     def _setxattr(self, op: SetXattr) -> Any:
         self.get(op.inode)
         if not op.name or b"\0" in op.name or len(op.name) > XATTR_NAME_BYTES_MAX:
@@ -624,4 +648,4 @@ class _Apply:
 
 __all__ = ["Command", "InitRoot", "Link", "Mkdir", "Mknod", "NamespaceStateMachine", "Op", "RemoveXattr", "Rename",
            "RENAME_EXCHANGE", "RENAME_NOREPLACE", "Rmdir", "SetAttr", "SetXattr", "Symlink", "Unlink", "XATTR_CREATE",
-           "XATTR_REPLACE", "encode_command", "Open", "Release", "ExpireSession"]
+           "XATTR_REPLACE", "encode_command", "Open", "Release", "ExpireSession", "SetPolicy", "DEFAULT_POLICY"]
