@@ -119,7 +119,9 @@ class Proposal(msgspec.Struct, array_like=True, frozen=True):
 _proposal_decoder = msgspec.msgpack.Decoder(Proposal)
 _state_check_decoder = msgspec.msgpack.Decoder(StateCheck)
 #: How many recent (index -> state hash) pairs a replica remembers to answer state checks.
-_RECENT_HASHES = 65_536
+#: A check names the proposer's applied index, which trails the check entry itself only by
+#: the entries in flight when it was proposed: a few thousand is ample, and bounded.
+_RECENT_HASHES = 4096
 
 
 def encode_state_check(index: int, state_hash: int) -> bytes:
