@@ -65,6 +65,7 @@ def test_compaction_moves_the_first_index_and_keeps_the_boundary_term(tmp_path: 
     with pytest.raises(LogCompacted):
         store.term(11)
     assert store.entries(13, 21) == list(_entries(13, 20, 2))
+    assert store.verify() == 8  # exactly 13..20 stored: nothing at or below the compaction point
 
 
 def test_a_snapshot_marker_replaces_the_log_or_keeps_a_matching_suffix(tmp_path: Path) -> None:
@@ -76,6 +77,7 @@ def test_a_snapshot_marker_replaces_the_log_or_keeps_a_matching_suffix(tmp_path:
     store.persist(Ready(snapshot=SnapshotMeta(index=35, term=3, conf_state=ConfState())))
     assert (store.first_index(), store.last_index()) == (36, 40)
     assert store.entries(36, 41) == list(_entries(36, 40, 3))
+    assert store.verify() == 5
 
 
 def test_a_corrupt_entry_is_refused(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 
 import xxhash
 
+from vstore.config import Address
 from vstore.errors import Busy, ConnectionLost, NotLeader, Unavailable, VStoreError
 from vstore.metadata.raft.codec import decode_conf_change
 from vstore.metadata.raft.core import RaftCore
@@ -517,7 +518,8 @@ class RaftNode:
             address = self.core.addresses.get(peer) or self.config.initial_peers.get(peer)
             if not address:
                 return None
-            link = _PeerLink(self, peer, _parse_address(address))
+            parsed = Address.parse(address)
+            link = _PeerLink(self, peer, (parsed.host, parsed.port))
             self._peers[peer] = link
         return link
 
@@ -666,11 +668,6 @@ class _PeerLink:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         await self.client.close()
-
-
-def _parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _with_applied(config: RaftConfig, applied: int) -> RaftConfig:

@@ -241,8 +241,6 @@ class RaftLogStore:
         with self._lock:
             if rd.snapshot is not None:
                 self._cache.clear()
-            for entry in rd.entries:
-                self._cache.pop(entry.index, None)
             if rd.entries:
                 for index in [i for i in self._cache if i >= rd.entries[0].index]:
                     del self._cache[index]
@@ -260,27 +258,24 @@ class RaftLogStore:
         # whole log is replaced by the snapshot.
         raw = txn.get(_U64.pack(snap.index), db=self._log) if snap.index <= last else None
         keep = raw is not None and _entry_decoder.decode(raw).term == snap.term
-        cursor = txn.cursor(db=self._log)
-        if cursor.first():
-            while True:
-                index = _U64.unpack(cursor.key())[0]
-                if keep and index > snap.index:
-                    break
-                if not cursor.delete():
-                    break
-                if not cursor.key():
-                    break
+        self._delete_log_range(txn, 0, snap.index if keep else None)
         txn.put(b"compacted", _COMPACTED.pack(snap.index, snap.term), db=self._meta)
         return (snap.index, snap.term), (last if keep else snap.index)
+
+    def _delete_log_range(self, txn: lmdb.Transaction, lo: int, hi: int | None) -> None:
+        """Delete the stored entries with ``lo <= index`` (and ``index <= hi`` unless None)."""
+        cursor = txn.cursor(db=self._log)
+        if not cursor.set_range(_U64.pack(lo)):
+            return
+        while hi is None or _U64.unpack(cursor.key())[0] <= hi:
+            # delete() moves to the next entry; an empty key means the table's end
+            if not cursor.delete() or not cursor.key():
+                return
 
     def _write_entries(self, txn: lmdb.Transaction, entries: tuple[Entry, ...], last: int) -> int:
         first = entries[0].index
         if first <= last:
-            cursor = txn.cursor(db=self._log)
-            if cursor.set_range(_U64.pack(first)):
-                while cursor.delete():
-                    if not cursor.key():
-                        break
+            self._delete_log_range(txn, first, None)
         elif first != last + 1:
             raise FatalStorageError(f"gap: appending entry {first} after {last}")
         for entry in entries:
@@ -296,11 +291,7 @@ class RaftLogStore:
         term = self.term(index)
         try:
             with self.env.begin(write=True) as txn:
-                cursor = txn.cursor(db=self._log)
-                if cursor.first():
-                    while _U64.unpack(cursor.key())[0] <= index:
-                        if not cursor.delete() or not cursor.key():
-                            break
+                self._delete_log_range(txn, 0, index)
                 txn.put(b"compacted", _COMPACTED.pack(index, term), db=self._meta)
         except lmdb.Error as exc:
             raise FatalStorageError(f"cannot compact the Raft log in {self.path}: {exc}") from exc
