@@ -50,7 +50,8 @@ from vstore.metadata.raft.codec import decode_conf_change
 from vstore.metadata.raft.core import RaftCore
 from vstore.metadata.raft.statemachine import LmdbStateMachine, StaleProposal, encode_state_check
 from vstore.metadata.raft.storage import FatalStorageError, RaftLogStore
-from vstore.metadata.raft.types import NotLeaderError, ProposalDropped, RaftConfig, Ready, Role
+from vstore.metadata.raft.types import (LogCompacted, LogUnavailable, NotLeaderError, ProposalDropped, RaftConfig,
+                                        Ready, Role)
 from vstore.net import Auth, Limits, RequestContext, Router, RpcClient
 from vstore.wire import Message
 from vstore.wire.raft import (EntryType, RaftMessage, RaftMsgType, RaftSnapshotChunkReply, RaftSnapshotChunkRequest)
@@ -494,8 +495,8 @@ class RaftNode:
             return
         try:
             matches = self.log_store.term(index) == term
-        except Exception:
-            matches = False
+        except (LogCompacted, LogUnavailable):
+            matches = False  # a CorruptLogError propagates: never paper over a damaged log
         if not matches and index >= self.log_store.first_index() - 1:
             log.warning("raft.log_behind_state", extra={"node": self.id, "applied": index,
                                                         "last_index": self.log_store.last_index()})
