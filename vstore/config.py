@@ -324,6 +324,18 @@ class MdsSection:
     cs_failed_after_s: int = _setting(
         60, unit="s", apply="reload", min=1, max=30 * 86_400,
         doc="A CS silent this long is failed and its replicas are rebuilt elsewhere; > cs_offline_after_s")
+    safe_mode_timeout_s: int = _setting(
+        60, unit="s", apply="reload", min=0, max=86_400,
+        doc="After a start, no rebuild or deletion until the chunkservers have reported, or this long")
+    write_lease_s: int = _setting(
+        60, unit="s", apply="reload", min=1, max=3600,
+        doc="Lifetime of a write capability; a chunk being written is not copied until it has run out")
+    capability_skew_s: int = _setting(
+        30, unit="s", min=0, max=3600,
+        doc="Clock difference between nodes that capabilities tolerate; keep clocks in sync (NTP) well within it")
+    session_expire_s: int = _setting(
+        30, unit="s", apply="reload", min=2, max=86_400,
+        doc="A client silent this long is gone: its open files are released and another host may take its files")
     lmdb_map_bytes: int = _setting(8 * GiB, unit="bytes", min=16 * MiB, max=16 * 1024 * GiB,
                                    doc="Largest size of the metadata LMDB; a full map stops all writes")
 

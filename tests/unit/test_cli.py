@@ -30,7 +30,7 @@ def test_help_lists_every_command_and_the_exit_codes(capsys) -> None:
 @pytest.mark.parametrize("argv", [
     ["mkfs", "--cluster", "c", "--data", "/tmp/d", "--listen", "127.0.0.1:9400"],
     ["add-node", "--role", "cs", "--join", "h:1", "--data", "/d", "--listen", "h:2"],
-    ["rm-node", "cs-1"], ["serve", "-c", "x.toml"], ["mount", "h:1", "/mnt"], ["umount", "/mnt"], ["status"],
+    ["rm-node", "cs-1"], ["mount", "h:1", "/mnt"], ["umount", "/mnt"], ["status"],
     ["top"], ["get-attr", "/a"], ["set-attr", "/a", "replicas=3:2"], ["scrub"], ["demo"],
 ])
 def test_commands_not_built_yet_say_so_and_exit_3(argv: list[str], capsys) -> None:
@@ -38,6 +38,12 @@ def test_commands_not_built_yet_say_so_and_exit_3(argv: list[str], capsys) -> No
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"'vstore {argv[0]}' is not available in this version yet" in err
     assert "issue #" in err
+
+
+def test_serve_with_a_missing_config_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    assert run(["serve", "-c", str(tmp_path / "absent.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "absent.toml" in err
 
 
 @pytest.mark.parametrize("argv,fragment", [

@@ -43,7 +43,8 @@ ALLOWED: dict[str, set[str]] = {
 #: Pure modules: no I/O, no clock, no global randomness (STYLE.md §1, §2).
 PURE = ["vstore.wire", "vstore.metadata.raft.core", "vstore.metadata.raft.quorum", "vstore.metadata.raft.progress",
         "vstore.metadata.raft.types", "vstore.metadata.raft.log", "vstore.metadata.raft.codec",
-        "vstore.metadata.placement", "vstore.metadata.repair", "vstore.chunkserver.chunkfile"]
+        "vstore.metadata.placement", "vstore.metadata.repair", "vstore.chunkserver.chunkfile",
+        "vstore.metadata.liveness"]
 FORBIDDEN_IN_PURE = {"asyncio", "socket", "lmdb", "os", "time", "random", "secrets", "threading", "subprocess",
                      "select", "selectors", "signal", "shutil", "pathlib", "io", "tempfile", "aiohttp",
                      "asyncio_dgram", "pyfuse3", "trio", "datetime", "uuid", "ssl", "vstore.net"}

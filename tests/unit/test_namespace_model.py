@@ -1,6 +1,8 @@
 """The namespace state machine against a naive in-memory model, on random operation
 sequences (Hypothesis stateful testing): same outcome (success or the same error) for
-every operation, same tree afterwards, and a consistent namespace at every step."""
+every operation, same tree and same chunk indexes per file afterwards, and a consistent
+namespace and chunk layer at every step (removing or truncating a file hands its chunks to
+the deletion queue: the check finds any chunk left behind)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tests.harness.namespace import NS
 from vstore.errors import FsError
-from vstore.metadata.fsm.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE, Link, Mkdir, Mknod, Rename, Rmdir, Unlink
+from vstore.metadata.fsm.namespace import (RENAME_EXCHANGE, RENAME_NOREPLACE, AllocChunk, Link, Mkdir, Mknod, Rename,
+                                           Rmdir, SetAttr, Unlink, WriteDone)
 from vstore.metadata.fsm.schema import ROOT_INODE, Kind
 
 NAMES = st.sampled_from([b"a", b"b", b"c"])
+CHUNK_BYTES = 1 << 20
 
 
 class Model:
@@ -26,6 +30,27 @@ class Model:
         self.kind = {ROOT_INODE: Kind.DIR}
         self.entries: dict[int, dict[bytes, int]] = {ROOT_INODE: {}}
         self.parent = {ROOT_INODE: ROOT_INODE}
+        self.chunks: dict[int, set[int]] = {}  # regular file -> indexes holding a chunk
+        self.size: dict[int, int] = {}
+
+    def forget(self, inode: int) -> None:
+        del self.kind[inode]
+        self.chunks.pop(inode, None)
+        self.size.pop(inode, None)
+
+    def alloc(self, inode: int, index: int) -> str:
+        if index in self.chunks.setdefault(inode, set()):
+            return "Exists"
+        self.chunks[inode].add(index)
+        return "ok"
+
+    def resize(self, inode: int, size: int, *, grow_only: bool) -> str:
+        old = self.size.get(inode, 0)
+        if size < old and not grow_only:
+            keep = -(-size // CHUNK_BYTES)
+            self.chunks[inode] = {i for i in self.chunks.get(inode, set()) if i < keep}
+        self.size[inode] = max(old, size) if grow_only else size
+        return "ok"
 
     def dirs(self) -> list[int]:
         return sorted(i for i, k in self.kind.items() if k == Kind.DIR)
@@ -66,7 +91,7 @@ class Model:
         if is_dir:
             del self.entries[child], self.parent[child], self.kind[child]
         elif self._links(child) == 0:
-            del self.kind[child]
+            self.forget(child)
         return "ok"
 
     def link(self, inode: int, parent: int, name: bytes) -> str:
@@ -112,7 +137,7 @@ class Model:
             if self.kind[dst] == Kind.DIR:
                 del self.entries[dst], self.parent[dst], self.kind[dst]
             elif self._links(dst) == 0:
-                del self.kind[dst]
+                self.forget(dst)
         del self.entries[p][n]
         self.entries[q][m] = src
         if self.kind[src] == Kind.DIR:
@@ -124,8 +149,10 @@ class NamespaceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
-        self.ns = NS(Path(self.tmp.name) / "state")
+        self.ns = NS(Path(self.tmp.name) / "state", chunk_bytes=CHUNK_BYTES)
         self.model = Model()
+        self.ns.register_cs("cs-a")
+        self.ns.register_cs("cs-b")
 
     def teardown(self) -> None:
         self.ns.sm.close()
@@ -180,10 +207,38 @@ class NamespaceMachine(RuleBasedStateMachine):
         got = self._outcome(lambda: self.ns.do(Rename, parent=p, name=n, new_parent=q, new_name=m, flags=flags))
         assert got == self.model.rename(p, n, q, m, flags), (p, n, q, m, flags)
 
+    def _file(self, data):  # type: ignore[no-untyped-def]
+        files = sorted(i for i, k in self.model.kind.items() if k == Kind.FILE)
+        return data.draw(st.sampled_from(files)) if files else None
+
+    @rule(data=st.data(), index=st.integers(0, 4))
+    def alloc_chunk(self, data, index: int) -> None:  # type: ignore[no-untyped-def]
+        inode = self._file(data)
+        if inode is None:
+            return
+        got = self._outcome(lambda: self.ns.do(AllocChunk, inode=inode, index=index, chunk_id=next(self.ns.chunk_ids),
+                                               replicas=(2, 1)))
+        assert got == self.model.alloc(inode, index)
+
+    @rule(data=st.data(), size=st.integers(0, 5 * CHUNK_BYTES), truncate=st.booleans())
+    def resize(self, data, size: int, truncate: bool) -> None:  # type: ignore[no-untyped-def]
+        inode = self._file(data)
+        if inode is None:
+            return
+        if truncate:
+            got = self._outcome(lambda: self.ns.do(SetAttr, inode=inode, size=size))
+        else:
+            got = self._outcome(lambda: self.ns.do(WriteDone, inode=inode, size=size, mtime_ns=1))
+        assert got == self.model.resize(inode, size, grow_only=not truncate)
+
     @invariant()
     def same_tree_and_consistent(self) -> None:
         for d in self.model.dirs():
             assert dict(self.ns.sm.readdir(d)) == self.model.entries[d]
+        for inode, kind in self.model.kind.items():
+            if kind == Kind.FILE:
+                assert self.ns.chunk_indexes(inode) == sorted(self.model.chunks.get(inode, ()))
+                assert self.ns.sm.getattr(inode).size == self.model.size.get(inode, 0)
         self.ns.check()
 
 

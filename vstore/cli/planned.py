@@ -52,11 +52,6 @@ def _rm_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="allow losing the last copy or quorum")
 
 
-@_planned("serve", "run a node (MDS or chunkserver) from its config file", "issue #4 (metadata service) and issue #5 (chunkserver)")
-def _serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", required=True, metavar="FILE", help="the node's TOML config")
-
-
 @_planned("mount", "mount the cluster's file system with FUSE", "issue #6 (client and FUSE mount)")
 def _mount(p: argparse.ArgumentParser) -> None:
     p.add_argument("mds", metavar="HOST:PORT[,HOST:PORT...]", help="MDS addresses")

@@ -5,6 +5,12 @@ clock reading, the inode id the leader chose); ``apply`` only replays it, inside
 LMDB transaction so that a command that fails leaves nothing behind. Failures are results
 (``("err", ErrorCode, message)``), identical on every replica, not exceptions.
 
+The chunk layer (a file's chunks, versions and replica chains, the chunkserver registry, the
+deletion queue) has its commands here, in the one Command union, and its apply functions and
+table access in chunks.py. Namespace commands that remove or shrink a file (unlink, rename
+over it, the last release of an orphan, truncate) hand its chunks to that layer in the same
+transaction.
+
 POSIX rules kept here (the FUSE kernel side checks ordinary permissions with
 ``default_permissions``; what needs the namespace's own knowledge is done here): name
 rules, EEXIST/ENOENT/ENOTDIR/EISDIR/ENOTEMPTY, rename over an existing target, across
@@ -19,12 +25,15 @@ from typing import Any
 import lmdb
 import msgspec
 
-from vstore.errors import (Exists, FsError, InvalidArgument, IsDir, NameTooLong, NoAttribute, NotDir, NotEmpty,
-                           NotFound, NotPermitted, RangeError, TooManyLinks)
-from vstore.metadata.fsm.schema import (NAME_BYTES_MAX, PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX,
-                                        SYMLINK_BYTES_MAX, TABLES, U64, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
-                                        Inode, Kind, dentry_key, encoder, inode_decoder, inode_key, xattr_key)
-from vstore.metadata.placement import ReplicaPolicy
+from vstore.errors import (Exists, FileTooBig, InvalidArgument, IsDir, NameTooLong, NoAttribute, NotDir, NotEmpty,
+                           NotFound, NotPermitted, RangeError, TooManyLinks, VStoreError)
+from vstore.metadata.fsm.chunks import ChunkCommands, ChunkTables, check_chunk_bytes, need_regular_file
+from vstore.metadata.fsm.schema import (CHUNK_BYTES_DEFAULT, CHUNK_ID_MAX, EXPIRED_KEEP_NS, FILE_BYTES_MAX, NAME_BYTES_MAX,
+                                        PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX, SYMLINK_BYTES_MAX,
+                                        TABLES, U64, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, Chunk, CsRecord,
+                                        DoomedChunk, Inode, Kind, chunk_decoder, cs_decoder, dentry_key,
+                                        doomed_decoder, encoder, inode_decoder, inode_key, xattr_key)
+from vstore.metadata.placement import ChunkId, CsId, ReplicaPolicy
 from vstore.metadata.raft.statemachine import EffectTxn, LmdbStateMachine
 
 LINKS_MAX = 65_000
@@ -39,7 +48,11 @@ class Op(msgspec.Struct, array_like=True, frozen=True, tag=True):
 
 
 class InitRoot(Op, tag="init"):
+    """mkfs: the root directory, and the cluster's chunk size (a power of two from 1 MiB to
+    1 GiB, fixed for the life of the file system)."""
+
     mode: int = 0o755
+    chunk_bytes: int = CHUNK_BYTES_DEFAULT
 
 
 class Mknod(Op, tag="mknod"):
@@ -114,7 +127,11 @@ class Release(Op, tag="release"):
 
 
 class ExpireSession(Op, tag="expire_session"):
-    """A client died (its session expired): release everything it held open."""
+    """A client died (its session expired): release everything it held open, and forget the
+    exactly-once records of its request lanes (``<session hex>/<n>`` in the ``sessions``
+    table), which would otherwise stay forever. The leader proposes it without a client id:
+    under one of the dead session's own lanes, the base class would write that lane's record
+    straight back."""
 
     session: bytes
 
@@ -145,8 +162,105 @@ class RemoveXattr(Op, tag="removexattr"):
     name: bytes
 
 
+# ---- the chunk layer (apply functions in chunks.py) ------------------------------------------------
+
+
+class AllocChunk(Op, tag="alloc_chunk"):
+    """Create the chunk at ``index`` of the regular file ``inode``: version 1, length 0, on
+    ``replicas`` (chain order, chosen by the leader's placement; registered, active, distinct).
+    ``chunk_id`` is chosen by the leader, above every id handed out before. Returns
+    ``(chunk_id, msgpack Chunk)``. Exists when the index already has a chunk (two writers
+    raced: the loser reads the winner's)."""
+
+    inode: int
+    index: int
+    chunk_id: ChunkId
+    replicas: tuple[CsId, ...]
+
+
+class WriteDone(Op, tag="write_done"):
+    """A writer's data reached every replica: the file is at least ``size`` bytes, its mtime
+    is ``mtime_ns``, and each ``(index, length_bytes)`` chunk holds at least that many valid
+    bytes. Chunks that no longer exist (truncated away since) are skipped. Returns
+    ``(inode, msgpack Inode)``."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    chunks: tuple[tuple[int, int], ...] = ()
+
+
+class RepairChain(Op, tag="repair_chain"):
+    """A write to ``chunk_id`` at ``version`` failed on the replicas ``drop``: the chain
+    becomes the others in order, then ``add``, at ``new_version`` (> version), so a dropped
+    replica's copy is stale from now on. StaleVersion when the chunk is no longer at
+    ``version``. Returns ``(chunk_id, msgpack Chunk)``."""
+
+    chunk_id: ChunkId
+    version: int
+    drop: tuple[CsId, ...]
+    add: tuple[CsId, ...]
+    new_version: int
+
+
+class AddReplica(Op, tag="add_replica"):
+    """A repair copy of ``chunk_id`` at ``version`` on ``cs_id`` completed and was verified:
+    append it to the chain. StaleVersion when the chunk has moved on (the copy is useless).
+    Returns ``(chunk_id, msgpack Chunk)``."""
+
+    chunk_id: ChunkId
+    version: int
+    cs_id: CsId
+
+
+class DropReplica(Op, tag="drop_replica"):
+    """Take ``cs_id`` out of the chunk's chain (over target, damaged, drained) and queue its
+    copy for deletion. The last replica may go too: the chunk is then lost, not a hole.
+    Returns ``(chunk_id, msgpack Chunk)``."""
+
+    chunk_id: ChunkId
+    cs_id: CsId
+
+
+class ChunkDeleted(Op, tag="chunk_deleted"):
+    """``cs_id`` deleted its doomed copy of ``chunk_id``. Idempotent; returns how many
+    chunkservers still have to delete theirs."""
+
+    chunk_id: ChunkId
+    cs_id: CsId
+
+
+class RegisterCs(Op, tag="register_cs"):
+    """A new chunkserver joins under ``cs_id`` (chosen by the leader, above every id handed
+    out before). One registration per node id, for ever. Returns ``cs_id``."""
+
+    cs_id: CsId
+    node_id: str
+    host: str
+    rack: str
+    address: str
+    capacity_bytes: int
+
+
+class SetCsState(Op, tag="set_cs_state"):
+    """``state``: "active", "draining" or "removed" (only once no chunk lists the server;
+    final). Returns ``cs_id``."""
+
+    cs_id: CsId
+    state: str
+
+
+class UpdateCs(Op, tag="update_cs"):
+    """A restarted chunkserver's new address and capacity. Returns ``cs_id``."""
+
+    cs_id: CsId
+    address: str
+    capacity_bytes: int
+
+
 Command = (InitRoot | Mknod | Mkdir | Symlink | Link | Unlink | Rmdir | Rename | SetAttr | SetXattr | RemoveXattr
-           | Open | Release | ExpireSession | SetPolicy)
+           | Open | Release | ExpireSession | SetPolicy | AllocChunk | WriteDone | RepairChain | AddReplica
+           | DropReplica | ChunkDeleted | RegisterCs | SetCsState | UpdateCs)
 command_decoder = msgspec.msgpack.Decoder(Command)
 
 
@@ -164,7 +278,7 @@ class NamespaceStateMachine(LmdbStateMachine):
         child = txn.child(self.env)
         try:
             result = _Apply(self, child, op).run()
-        except FsError as exc:
+        except VStoreError as exc:  # a refusal raised on purpose (FsError, StaleVersion, ...)
             child.abort()
             return ("err", int(exc.code), exc.message)
         child.commit()
@@ -226,12 +340,98 @@ class NamespaceStateMachine(LmdbStateMachine):
                 raise InvalidArgument(f"inode {inode} is not a symlink")
             return bytes(txn.get(inode_key(inode), db=self.tables[b"symlinks"]) or b"")
 
+    # ---- chunk reads --------------------------------------------------------------------------------
+
+    @property
+    def sessions_db(self) -> Any:
+        """The base class's ``sessions`` table (one exactly-once record per client lane)."""
+        return self._sessions
+
+    def chunk_bytes(self) -> int:
+        """The cluster's chunk size, fixed at mkfs."""
+        with self.env.begin() as txn:
+            return ChunkTables(txn, self.tables).chunk_bytes()
+
+    def chunk(self, chunk_id: int) -> Chunk:
+        """The chunk's record; NotFound when it does not exist (never did, or was deleted)."""
+        with self.env.begin() as txn:
+            return ChunkTables(txn, self.tables).need_chunk(chunk_id)
+
+    def chunk_map(self, inode: int, first_index: int = 0, count: int = 1) -> list[tuple[int, ChunkId, Chunk]]:
+        """(index, chunk_id, chunk) of the file's chunks at indexes [first_index, first_index +
+        count), in index order; holes are absent. NotFound, IsDir or InvalidArgument when
+        ``inode`` is not an existing regular file. Reads at most ``count`` entries."""
+        with self.env.begin() as txn:
+            need_regular_file(_get_inode(self, txn, inode), inode)
+            tables = ChunkTables(txn, self.tables)
+            return [(index, chunk_id, tables.need_chunk(chunk_id))
+                    for index, chunk_id in tables.file_chunks(inode, first_index, first_index + max(0, count))]
+
+    def iter_chunks(self, after_chunk_id: int = 0, limit: int = 1000) -> list[tuple[ChunkId, Chunk]]:
+        """One page of every chunk, in chunk id order, starting after ``after_chunk_id`` (the
+        repair planner walks the whole table page by page, each page its own short read)."""
+        with self.env.begin() as txn:
+            return _page(txn.cursor(db=self.tables[b"chunks"]), after_chunk_id, limit, chunk_decoder)
+
+    def chunkservers(self) -> dict[CsId, CsRecord]:
+        """Every registered chunkserver, removed ones included (their ids stay taken)."""
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self.tables[b"chunkservers"])
+            return {CsId(int.from_bytes(key, "big")): cs_decoder.decode(raw) for key, raw in cursor}
+
+    def cs_by_node(self, node_id: str) -> CsId | None:
+        """The cs id registered for a chunkserver's node id, if any."""
+        with self.env.begin() as txn:
+            return ChunkTables(txn, self.tables).cs_of_node(node_id)
+
+    def doomed(self, limit: int = 1000, after_chunk_id: int = 0) -> list[tuple[ChunkId, DoomedChunk]]:
+        """One page of the deletion queue, in chunk id order, after ``after_chunk_id``."""
+        with self.env.begin() as txn:
+            return _page(txn.cursor(db=self.tables[b"doomed"]), after_chunk_id, limit, doomed_decoder)
+
+    def session_expired(self, session: bytes) -> bool:
+        """Was this client session expired (within the last EXPIRED_KEEP_NS)?"""
+        with self.env.begin() as txn:
+            return txn.get(session, db=self.tables[b"expired"]) is not None
+
+    def session_ids(self) -> set[bytes]:
+        """Every client session the state knows of: those holding files open, and those with
+        request lanes (``<session hex>/<n>``) in the sessions table. A new leader starts an
+        expiry timer for each, so a client that died under the old leader is still expired.
+        Two full scans, once per leadership change; other client ids (no "/") are skipped."""
+        found: set[bytes] = set()
+        with self.env.begin() as txn:
+            for key in txn.cursor(db=self.tables[b"opens"]).iternext(keys=True, values=False):
+                found.add(bytes(key[8:]))
+            for key in txn.cursor(db=self._sessions).iternext(keys=True, values=False):
+                head, slash, _lane = bytes(key).partition(b"/")
+                if not slash or not head:
+                    continue
+                try:
+                    found.add(bytes.fromhex(head.decode("ascii")))
+                except ValueError:
+                    continue
+        return found
+
 
 # ---- helpers shared by reads and applies ---------------------------------------------------------
 
 
+def _page(cursor: lmdb.Cursor, after_chunk_id: int, limit: int, decoder: msgspec.msgpack.Decoder) -> list[Any]:
+    """Up to ``limit`` (chunk_id, record) pairs of a table keyed by chunk id, after ``after_chunk_id``."""
+    out: list[Any] = []
+    if limit <= 0 or after_chunk_id >= CHUNK_ID_MAX or not cursor.set_range(U64.pack(max(0, after_chunk_id + 1))):
+        return out
+    for key, raw in cursor:
+        out.append((ChunkId(U64.unpack(key)[0]), decoder.decode(raw)))
+        if len(out) >= limit:
+            break
+    return out
+
+
 def _get_inode(sm: NamespaceStateMachine, txn: lmdb.Transaction | EffectTxn, inode: int) -> Inode:
-    raw = txn.get(inode_key(inode), db=sm.tables[b"inodes"])
+    # an id no key can hold is simply absent (a command's bad id must be refused, not crash the apply)
+    raw = txn.get(inode_key(inode), db=sm.tables[b"inodes"]) if 0 <= inode < 2**64 else None
     if raw is None:
         raise NotFound(f"inode {inode} does not exist")
     return inode_decoder.decode(raw)
@@ -258,7 +458,7 @@ def _check_name(name: bytes) -> None:
         raise NameTooLong(f"file name of {len(name)} bytes exceeds {NAME_BYTES_MAX}")
 
 
-class _Apply:
+class _Apply(ChunkCommands):
     """One command against one (child) transaction. Validates before it writes."""
 
     def __init__(self, sm: NamespaceStateMachine, txn: EffectTxn, op: Command) -> None:
@@ -266,6 +466,7 @@ class _Apply:
         self.txn = txn
         self.op = op
         self.t = sm.tables
+        self.chunks = ChunkTables(txn, sm.tables)
 
     def run(self) -> Any:
         handler = getattr(self, f"_{type(self.op).__name__.lower()}")
@@ -286,20 +487,23 @@ class _Apply:
         self.txn.delete(dentry_key(parent, name), db=self.t[b"dentries"])
 
     def drop_inode(self, inode: int) -> None:
+        """The inode is gone for good: its record, target, attributes, and its chunks (into
+        the deletion queue, in this same transaction, so no chunk outlives its file)."""
         self.txn.delete(inode_key(inode), db=self.t[b"inodes"])
         self.txn.delete(inode_key(inode), db=self.t[b"symlinks"])
         # xattrs: every key with this inode's prefix (collected first: deletions go through
         # the effect-recording transaction, not the cursor)
         cursor = self.txn.cursor(db=self.t[b"xattrs"])
         prefix = U64.pack(inode)
-        doomed = []
+        keys = []
         if cursor.set_range(prefix):
             for key in cursor.iternext(keys=True, values=False):
                 if not key.startswith(prefix):
                     break
-                doomed.append(bytes(key))
-        for key in doomed:
+                keys.append(bytes(key))
+        for key in keys:
             self.txn.delete(key, db=self.t[b"xattrs"])
+        self.chunks.doom_file(inode)
 
     def claim_inode(self, inode: int) -> None:
         raw = self.txn.get(b"next_inode", db=self.t[b"counters"])
@@ -353,9 +557,11 @@ class _Apply:
     def _initroot(self, op: InitRoot) -> Any:
         if self.txn.get(inode_key(ROOT_INODE), db=self.t[b"inodes"]) is not None:
             raise Exists("the root directory already exists")
+        check_chunk_bytes(op.chunk_bytes)
         root = self.new_inode(Kind.DIR, op.mode, nlink=2, parent=ROOT_INODE)
         self.put(ROOT_INODE, msgspec.structs.replace(root, policy=DEFAULT_POLICY))
         self.txn.put(b"next_inode", U64.pack(ROOT_INODE + 1), db=self.t[b"counters"])
+        self.txn.put(b"chunk_bytes", U64.pack(op.chunk_bytes), db=self.t[b"cluster"])
         return ROOT_INODE
 
     def _mknod(self, op: Mknod) -> Any:
@@ -463,7 +669,31 @@ class _Apply:
             self.txn.delete(key, db=self.t[b"opens"])
         for key in held:
             self.collect_orphan(U64.unpack(key[:8])[0])
+        # The session's lanes: one range of the sessions table (keys sort by the hex prefix).
+        # Once they are gone a late retry on such a lane would apply again, so the service
+        # refuses requests of a session it expired, before proposing anything.
+        prefix = op.session.hex().encode() + b"/"
+        cursor = self.txn.cursor(db=self.sm.sessions_db)
+        lanes = []
+        if op.session and cursor.set_range(prefix):
+            for key in cursor.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
+                    break
+                lanes.append(bytes(key))
+        for key in lanes:
+            self.txn.delete(key, db=self.sm.sessions_db)
+        if op.session:
+            self.txn.put(op.session, U64.pack(max(0, op.now_ns)), db=self.t[b"expired"])
+            self.prune_tombstones(op.now_ns - EXPIRED_KEEP_NS)
         return len(held)
+
+    def prune_tombstones(self, before_ns: int) -> None:
+        """Forget expired-session tombstones older than ``before_ns`` (a full scan of a table
+        that holds one small record per session expired in the last week)."""
+        old = [bytes(key) for key, value in self.txn.cursor(db=self.t[b"expired"]).iternext()
+               if U64.unpack(value)[0] < before_ns]
+        for key in old:
+            self.txn.delete(key, db=self.t[b"expired"])
 
     def _unlink(self, op: Unlink) -> Any:
         return self._remove(op.parent, op.name, want_dir=False)
@@ -635,12 +865,19 @@ class _Apply:
                 raise InvalidArgument("only regular files have a size to set")
             if op.size < 0:
                 raise InvalidArgument("negative size")
+            if op.size > FILE_BYTES_MAX:
+                raise FileTooBig(f"size {op.size} exceeds the largest file ({FILE_BYTES_MAX} bytes)")
             changes["size"] = op.size
             changes["mtime_ns"] = op.now_ns
         if op.atime_ns is not None:
             changes["atime_ns"] = op.atime_ns
         if op.mtime_ns is not None:
             changes["mtime_ns"] = op.mtime_ns
+        if op.size is not None and op.size < node.size:
+            # the last write of the command (every check above passed): chunks past the new
+            # end go, the one holding it is cut and re-versioned (ChunkTables.truncate_file).
+            # Growing the size touches no chunk: the new range is a hole until written.
+            self.chunks.truncate_file(op.inode, op.size)
         node = msgspec.structs.replace(node, **changes)
         self.put(op.inode, node)
         return (op.inode, encoder.encode(node))
@@ -648,4 +885,6 @@ class _Apply:
 
 __all__ = ["Command", "InitRoot", "Link", "Mkdir", "Mknod", "NamespaceStateMachine", "Op", "RemoveXattr", "Rename",
            "RENAME_EXCHANGE", "RENAME_NOREPLACE", "Rmdir", "SetAttr", "SetXattr", "Symlink", "Unlink", "XATTR_CREATE",
-           "XATTR_REPLACE", "encode_command", "Open", "Release", "ExpireSession", "SetPolicy", "DEFAULT_POLICY"]
+           "XATTR_REPLACE", "encode_command", "Open", "Release", "ExpireSession", "SetPolicy", "DEFAULT_POLICY",
+           "AllocChunk", "WriteDone", "RepairChain", "AddReplica", "DropReplica", "ChunkDeleted", "RegisterCs",
+           "SetCsState", "UpdateCs"]

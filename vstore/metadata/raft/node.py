@@ -174,6 +174,15 @@ class RaftNode:
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
+    @property
+    def term(self) -> int:
+        return self.core.term
+
+    def not_leader_error(self) -> NotLeader:
+        """The NotLeader a request on this (non-leader) node should fail with: it names the
+        leader and its address when this node knows them, so the client goes straight there."""
+        return self._not_leader(self.leader_id)
+
     def leader_address(self) -> str | None:
         if self.leader_id is None:
             return None

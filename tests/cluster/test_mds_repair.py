@@ -1,0 +1,202 @@
+"""The leader drives the chunkservers: registration, heartbeats and liveness, placement of new
+chunks, rebuild after a chunkserver fails, deletion of stale and doomed replicas, damage
+reports, the storm brake and safe mode (DESIGN.md §4, RELIABILITY.md §4.7-8, F8, F8b, F19).
+
+The chunkservers are test doubles of their MDS link (tests/harness/fake_cs.py) speaking the
+real protocol over real sockets to real in-process MDS servers; their "disks" are dicts. The
+checks read the replicated state of the leader (chunk table, doomed queue).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.harness.fake_cs import FakeChunkserver, FakeDisks
+from tests.harness.mdsprocs import MdsInProcCluster
+from tests.harness.wait import wait_for
+from vstore.errors import Exists, NoChunkservers
+from vstore.metadata.fsm.schema import ROOT_INODE
+from vstore.wire import mds as w
+
+pytestmark = pytest.mark.timeout(120)
+
+TIMERS = {"cs_offline_after_s": 1, "cs_failed_after_s": 2, "safe_mode_timeout_s": 30, "write_lease_s": 1,
+          "capability_skew_s": 1}
+
+
+class Rig:
+    def __init__(self, cluster: MdsInProcCluster) -> None:
+        self.cluster = cluster
+        self.disks = FakeDisks()
+        self.cs: dict[str, FakeChunkserver] = {}
+
+    def add(self, node_id: str, host: str, rack: str = "") -> FakeChunkserver:
+        fake = FakeChunkserver(self.disks, node_id, host, rack=rack, secret=self.cluster.secret_file.read_bytes(),
+                               cluster_id=self.cluster.cluster_id,
+                               mds=[("127.0.0.1", self.cluster.ports[i]) for i in self.cluster.ids])
+        self.cs[node_id] = fake
+        return fake
+
+    async def leader_state(self):  # type: ignore[no-untyped-def]
+        leader = await self.cluster.leader()
+        return self.cluster.server(leader)
+
+    async def chunks(self) -> dict[int, tuple[int, tuple[int, ...]]]:
+        server = await self.leader_state()
+        return {cid: (c.version, tuple(c.replicas)) for cid, c in server.sm.iter_chunks(limit=100_000)}
+
+    def by_id(self) -> dict[int, FakeChunkserver]:
+        return {f.cs_id: f for f in self.cs.values() if f.cs_id is not None}
+
+    async def write_file(self, link, name: bytes, chunk_count: int, *,  # type: ignore[no-untyped-def]
+                         release: bool = True) -> int:
+        """What a client does: create, allocate each chunk, put the bytes on every replica of
+        the chain, report the write."""
+        f = await link.create(ROOT_INODE, name)
+        by_id = self.by_id()
+        for index in range(chunk_count):
+            reply = await link.mutate(lambda lane, seq, i=index: w.AllocChunkRequest(
+                uid=0, gid=0, lane=lane, seq=seq, inode=f.inode, index=i, writer_host="h1"))
+            assert isinstance(reply, w.ChunkReply)
+            chunk = reply.chunk
+            assert chunk.token, "writes carry a capability"
+            for replica in chunk.replicas:
+                by_id[replica.cs_id].store(chunk.chunk_id, chunk.version, secrets.token_bytes(64))
+        size = chunk_count * 1024
+        await link.mutate(lambda lane, seq: w.WriteDoneRequest(
+            uid=0, gid=0, lane=lane, seq=seq, inode=f.inode, size=size, mtime_ns=1,
+            chunks=tuple(w.WrittenChunk(index=i, length_bytes=1024) for i in range(chunk_count)), release=release))
+        return f.inode
+
+    async def close(self) -> None:
+        for fake in self.cs.values():
+            await fake.stop()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path):
+    cluster = MdsInProcCluster(tmp_path, ("m1",), mds_extra=TIMERS)
+    cluster.start_all()
+    rig = Rig(cluster)
+    try:
+        await cluster.leader()
+        yield rig
+    finally:
+        await rig.close()
+        await cluster.close()
+
+
+def hosts_of(rig: Rig, replicas: tuple[int, ...]) -> list[str]:
+    by_id = rig.by_id()
+    return [by_id[r].host for r in replicas]
+
+
+async def test_new_chunks_go_to_distinct_hosts_with_the_first_on_the_writers_host(rig: Rig) -> None:
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 8)
+    chunks = await rig.chunks()
+    assert len(chunks) == 8
+    for version, replicas in chunks.values():
+        hosts = hosts_of(rig, replicas)
+        assert version == 1 and len(replicas) == 3 and len(set(hosts)) == 3
+        assert hosts[0] == "h1"
+
+
+async def test_joining_twice_is_refused_and_too_few_chunkservers_refuse_new_chunks(rig: Rig) -> None:
+    first = rig.add("cs-1", "h1")
+    await first.start()
+    await first.stop()
+    again = rig.add("cs-1", "h1")
+    rig.cs["first"] = first
+    with pytest.raises(Exists):
+        await again.start()
+    await first.start()  # a restart of the registered node is fine
+    link = await rig.cluster.link()
+    f = await link.create(ROOT_INODE, b"f")
+    with pytest.raises(NoChunkservers):
+        await link.mutate(lambda lane, seq: w.AllocChunkRequest(uid=0, gid=0, lane=lane, seq=seq, inode=f.inode,
+                                                                index=0), deadline_s=2.0)
+
+
+async def test_a_failed_chunkserver_is_rebuilt_elsewhere_and_its_stale_copies_deleted_when_back(rig: Rig,
+                                                                                                 expect_log) -> None:
+    expect_log("cs.failed")
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 6)
+    victim = rig.cs["cs-1"]  # the writer's host: first replica of every chunk
+    held = set(victim.chunks)
+    assert held
+    await victim.stop()
+
+    async def rebuilt() -> bool:
+        chunks = await rig.chunks()
+        return all(len(r) == 3 and victim.cs_id not in r and len(set(hosts_of(rig, r))) == 3
+                   for _, r in chunks.values())
+    await wait_for(rebuilt, timeout_s=30, what="every chunk back at 3 replicas without the failed chunkserver")
+    for cid, (version, replicas) in (await rig.chunks()).items():
+        for cs_id in replicas:
+            assert rig.by_id()[cs_id].chunks[cid][0] == version, "a listed replica really holds the chunk"
+    await victim.start()  # comes back with its old copies: they are no longer listed, so deleted
+    await wait_for(lambda: not (set(victim.chunks) & held), timeout_s=30, what="stale copies deleted")
+
+
+async def test_deleting_a_file_deletes_its_replicas_through_the_doomed_queue(rig: Rig) -> None:
+    for n, host in enumerate(["h1", "h2", "h3"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 4)
+    assert all(len(f.chunks) == 4 for f in rig.cs.values())
+    await link.unlink(ROOT_INODE, b"f")
+
+    async def emptied() -> bool:
+        server = await rig.leader_state()
+        return all(not f.chunks for f in rig.cs.values()) and not server.sm.doomed()
+    await wait_for(emptied, timeout_s=30, what="every replica deleted and the doomed queue empty")
+
+
+async def test_a_damaged_replica_is_dropped_and_the_chunk_rebuilt(rig: Rig, expect_log) -> None:
+    expect_log("chunk.damaged")
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 1)
+    ((cid, (version, replicas)),) = (await rig.chunks()).items()
+    bad = replicas[1]
+    await link.call(w.ReportDamageRequest(chunk_id=cid, version=version, cs_id=bad, reason="test bit flip"))
+
+    server = await rig.leader_state()
+
+    async def healed() -> bool:
+        _, now = (await rig.chunks())[cid]
+        stats = server.chunkservers.stats
+        # the damaged copy is deleted (confirmed) and a verified copy made in its place
+        # (possibly on the same server, now that its bad copy is gone)
+        return len(now) == 3 and stats["deletes_confirmed"] >= 1 and stats["copies_committed"] >= 1
+    await wait_for(healed, timeout_s=30, what="the damaged replica replaced")
+    deletes = [o for o in rig.by_id()[bad].orders_done if o.kind == w.OrderKind.DELETE and o.chunk_id == cid]
+    assert deletes, "the damaged copy was deleted before any new copy"
+
+
+async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_are_down(rig: Rig,
+                                                                                      expect_log) -> None:
+    expect_log("mds.storm_brake")
+    expect_log("cs.failed", 0)
+    for n in range(1, 7):
+        await rig.add(f"cs-{n}", f"h{n}").start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 4)
+    before = await rig.chunks()
+    for n in (1, 2, 3):
+        await rig.cs[f"cs-{n}"].stop()
+    server = await rig.leader_state()
+    await wait_for(lambda: server.chunkservers.last_plan.storm_brake, timeout_s=30, what="the storm brake")
+    assert await rig.chunks() == before, "no replica added or dropped while the brake holds"
+    copies = [o for f in rig.cs.values() for o in f.orders_done if o.kind == w.OrderKind.COPY]
+    assert not copies

@@ -1,0 +1,197 @@
+"""The metadata service's client RPCs end to end: MdsLink -> real sockets -> MdsServer ->
+Raft -> the namespace state machine, on in-process clusters (one MDS, or three).
+
+Each test checks what a POSIX caller sees (typed errors, attributes, directory listings)
+and, on the three-MDS cluster, that every replica ends with the same state hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.harness.mdsprocs import MdsInProcCluster
+from tests.harness.wait import wait_for
+from vstore.errors import Exists, InvalidArgument, IsDir, NotEmpty, NotFound, NotLeader, NotPermitted
+from vstore.metadata.fsm.schema import ROOT_INODE
+from vstore.wire import mds as w
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def one(tmp_path: Path):
+    cluster = MdsInProcCluster(tmp_path, ("m1",), session_expire_s=2)
+    cluster.start_all()
+    try:
+        await cluster.leader()
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+@pytest.fixture
+async def three(tmp_path: Path):
+    cluster = MdsInProcCluster(tmp_path)
+    cluster.start_all()
+    try:
+        await cluster.leader()
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+async def test_files_directories_and_links_behave_as_posix_says(one: MdsInProcCluster) -> None:
+    link = await one.link()
+    d = await link.mkdir(ROOT_INODE, b"dir", 0o750, uid=1000, gid=1000)
+    assert d.mode == 0o040750 and d.uid == 1000 and d.nlink == 2
+    f = await link.create(d.inode, b"file", 0o640, uid=1000, gid=1000)
+    assert f.mode == 0o100640 and f.size == 0 and f.policy == "3:2"
+    assert (await link.lookup(d.inode, b"file")).inode == f.inode
+    with pytest.raises(Exists):
+        await link.create(d.inode, b"file")
+    with pytest.raises(NotFound):
+        await link.lookup(d.inode, b"nope")
+    hard = await link.mutate(lambda lane, seq: w.LinkRequest(uid=0, gid=0, lane=lane, seq=seq, inode=f.inode,
+                                                             parent=ROOT_INODE, name=b"hard"))
+    assert isinstance(hard, w.AttrReply) and hard.attr.nlink == 2
+    sym = await link.mutate(lambda lane, seq: w.SymlinkRequest(uid=0, gid=0, lane=lane, seq=seq, parent=ROOT_INODE,
+                                                               name=b"sym", target=b"dir/file"))
+    assert isinstance(sym, w.AttrReply)
+    target = await link.call(w.ReadlinkRequest(uid=0, gid=0, inode=sym.attr.inode))
+    assert isinstance(target, w.ReadlinkReply) and target.target == b"dir/file"
+    with pytest.raises(NotEmpty):
+        await link.rmdir(ROOT_INODE, b"dir")
+    with pytest.raises(IsDir):
+        await link.unlink(ROOT_INODE, b"dir")
+    await link.unlink(d.inode, b"file")
+    assert (await link.getattr(f.inode)).nlink == 1
+    await link.rmdir(ROOT_INODE, b"dir")
+    names = [e.name for e in await link.readdir(ROOT_INODE)]
+    assert names == [b"hard", b"sym"]
+
+
+async def test_setattr_changes_mode_owner_size_and_times(one: MdsInProcCluster) -> None:
+    link = await one.link()
+    f = await link.create(ROOT_INODE, b"f", 0o644, uid=1000, gid=1000)
+
+    async def setattr(**kw: object) -> w.Attr:
+        uid = int(kw.pop("as_uid", 0))  # type: ignore[call-overload]
+        reply = await link.mutate(lambda lane, seq: w.SetattrRequest(uid=uid, gid=uid, lane=lane, seq=seq,
+                                                                     inode=f.inode, **kw))  # type: ignore[arg-type]
+        assert isinstance(reply, w.AttrReply)
+        return reply.attr
+
+    assert (await setattr(mode=0o600, as_uid=1000)).mode == 0o100600
+    with pytest.raises(NotPermitted):
+        await setattr(new_uid=0, as_uid=1000)
+    assert (await setattr(size=12345)).size == 12345
+    changed = await setattr(atime_ns=1_000_000_000, mtime_now=True)
+    assert changed.atime_ns == 1_000_000_000 and changed.mtime_ns > f.mtime_ns
+    assert (await link.getattr(f.inode)).size == 12345
+
+
+async def test_rename_flags_exchange_and_noreplace(one: MdsInProcCluster) -> None:
+    link = await one.link()
+    a = await link.create(ROOT_INODE, b"a")
+    b = await link.mkdir(ROOT_INODE, b"b")
+    with pytest.raises(Exists):
+        await link.rename(ROOT_INODE, b"a", ROOT_INODE, b"b", flags=1)
+    await link.rename(ROOT_INODE, b"a", ROOT_INODE, b"b", flags=2)
+    assert (await link.lookup(ROOT_INODE, b"b")).inode == a.inode
+    assert (await link.lookup(ROOT_INODE, b"a")).inode == b.inode
+    with pytest.raises(InvalidArgument):
+        await link.rename(ROOT_INODE, b"a", b.inode, b"inside-itself")
+
+
+async def test_readdir_pages_through_a_large_directory_in_name_order(one: MdsInProcCluster) -> None:
+    link = await one.link()
+    d = await link.mkdir(ROOT_INODE, b"big")
+    names = [f"n{i:05d}".encode() for i in range(2500)]
+    for chunk in range(0, len(names), 100):
+        await asyncio.gather(*(link.create(d.inode, n) for n in names[chunk:chunk + 100]))
+    entries = await link.readdir(d.inode, page=1000)
+    assert [e.name for e in entries] == sorted(names)
+    assert all(e.attr.mode & 0o170000 == 0o100000 for e in entries)
+
+
+async def test_xattrs_and_replication_policies(one: MdsInProcCluster) -> None:
+    link = await one.link()
+    d = await link.mkdir(ROOT_INODE, b"images")
+    await link.mutate(lambda lane, seq: w.SetxattrRequest(uid=0, gid=0, lane=lane, seq=seq, inode=d.inode,
+                                                          name=b"user.k", value=b"v"))
+    got = await link.call(w.GetxattrRequest(uid=0, gid=0, inode=d.inode, name=b"user.k"))
+    assert isinstance(got, w.XattrReply) and got.value == b"v"
+    listed = await link.call(w.ListxattrRequest(uid=0, gid=0, inode=d.inode))
+    assert isinstance(listed, w.XattrListReply) and listed.names == (b"user.k",)
+    policy = await link.mutate(lambda lane, seq: w.SetPolicyRequest(uid=0, gid=0, lane=lane, seq=seq,
+                                                                    inode=d.inode, policy="2:1"))
+    assert isinstance(policy, w.PolicyReply) and policy.policy == "2:1"
+    f = await link.create(d.inode, b"disk.img")
+    assert f.policy == "2:1"
+    with pytest.raises(InvalidArgument):
+        await link.mutate(lambda lane, seq: w.SetPolicyRequest(uid=0, gid=0, lane=lane, seq=seq, inode=d.inode,
+                                                               policy="1:3"))
+
+
+async def test_an_open_unlinked_file_lives_until_release_or_session_expiry(one: MdsInProcCluster) -> None:
+    writer = await one.link()
+    f = await writer.create(ROOT_INODE, b"f")
+    await writer.mutate(lambda lane, seq: w.OpenRequest(uid=0, gid=0, lane=lane, seq=seq, inode=f.inode))
+    await writer.unlink(ROOT_INODE, b"f")
+    assert (await writer.getattr(f.inode)).nlink == 0
+    await writer.mutate(lambda lane, seq: w.ReleaseRequest(uid=0, gid=0, lane=lane, seq=seq, inode=f.inode))
+    with pytest.raises(NotFound):
+        await writer.getattr(f.inode)
+    # a client that dies: its session expires (2 s in this cluster) and its open file goes
+    dying = await one.link()
+    g = await dying.create(ROOT_INODE, b"g")
+    await dying.mutate(lambda lane, seq: w.OpenRequest(uid=0, gid=0, lane=lane, seq=seq, inode=g.inode))
+    await dying.unlink(ROOT_INODE, b"g")
+    await dying.close(expire_session=False)
+    one.links.remove(dying)
+
+    async def gone() -> bool:
+        try:
+            await writer.getattr(g.inode)
+        except NotFound:
+            return True
+        return False
+    await wait_for(gone, timeout_s=20, what="the dead client's orphan collected")
+
+
+async def test_a_retried_mutation_is_applied_once_and_answered_the_same(one: MdsInProcCluster) -> None:
+    link = await one.link()
+    request = w.MknodRequest(uid=0, gid=0, lane=f"{link.session.hex()}/999", seq=1, parent=ROOT_INODE, name=b"once",
+                             kind=1, mode=0o644)
+    first = await link.call(request)
+    again = await link.call(request)
+    assert first == again
+    assert [e.name for e in await link.readdir(ROOT_INODE)] == [b"once"]
+
+
+async def test_followers_redirect_to_the_leader_and_replicas_agree(three: MdsInProcCluster) -> None:
+    leader = await three.leader()
+    follower = next(n for n in three.ids if n != leader)
+    link = await three.link()
+    raw = link._client(three.address(follower))
+    with pytest.raises(NotLeader) as info:
+        await raw.call(w.GetattrRequest(uid=0, gid=0, inode=ROOT_INODE))
+    assert info.value.leader == three.address(leader)
+    for n in range(20):
+        await link.create(ROOT_INODE, f"f{n}".encode())
+    await three.converged()
+
+
+async def test_a_new_leader_serves_after_the_old_one_stops(three: MdsInProcCluster) -> None:
+    link = await three.link()
+    await link.mkdir(ROOT_INODE, b"before")
+    old = await three.leader()
+    assert await three.stop(old) == 0
+    await link.mkdir(ROOT_INODE, b"after")
+    names = [e.name for e in await link.readdir(ROOT_INODE)]
+    assert names == [b"after", b"before"]
+    three.start(old)
+    await three.converged()

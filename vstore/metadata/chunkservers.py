@@ -1,0 +1,551 @@
+"""The leader's side of the chunkservers: registration, heartbeats, chunk reports, and the
+repair driver that turns the pure planners' jobs into orders.
+
+What it owns: the registry RPCs (RegisterCs, ChunkReport, FetchOrders, OrderDone,
+ReportDamage), the liveness view fed by signed UDP heartbeats (vstore/metadata/liveness.py),
+and the loop that plans repairs (vstore/metadata/repair.py) and hands orders to the
+chunkservers. What it must not do: change replicated state except through commands proposed
+to Raft (RegisterCs, UpdateCs, AddReplica, DropReplica, ChunkDeleted), or act while the
+cluster is in safe mode.
+
+Orders travel by long poll: each chunkserver keeps a FetchOrders call open to the leader,
+which answers when it has orders for it (or after the poll's wait), and reports each order's
+outcome with OrderDone. So the leader needs no connection of its own to the chunkservers,
+and a new leader reaches every chunkserver as soon as their polls find it.
+
+Decisions that must survive a failover are committed before anyone acts on them: a copy
+counts as a replica only once AddReplica is applied (after the target verified it); a good
+replica is deleted only after DropReplica (which queues it in ``doomed``) is applied; the
+doomed queue is the garbage collector's work list, and ChunkDeleted empties it. Orders in
+flight live only in the leader's memory: a new leader re-plans from the replicated state,
+and a repeated order is harmless (copying a chunk already there, deleting one already gone).
+
+Concurrency: all of it runs on the event loop. ``_repair_round`` reads LMDB between awaits;
+each proposal await may let other handlers run, which only add orders or mark damage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vstore.errors import Busy, InvalidArgument, NotFound, NotPermitted, StaleVersion, VStoreError
+from vstore.metadata.fsm import namespace as ns
+from vstore.metadata.fsm.schema import Chunk, CsRecord
+from vstore.metadata.liveness import CsLiveness, HeartbeatOutcome
+from vstore.metadata.placement import CsId, CsState, CsStatus, ReplicaPolicy
+from vstore.metadata.repair import ChunkState, JobKind, Limits, RepairPlan, Replica, plan_repairs
+from vstore.net.rpc import RequestContext
+from vstore.wire import Datagram, Heartbeat, Message
+from vstore.wire import mds as w
+from vstore.wire.capability import issue_capability
+
+if TYPE_CHECKING:
+    from vstore.metadata.service import MetadataService
+
+log = logging.getLogger(__name__)
+
+_CS = frozenset({"cs"})
+
+#: Lifetime of the capability a copy order carries (the copy must start within it).
+COPY_TOKEN_S = 600
+#: Clock difference between the MDS and chunkservers that write capabilities allow for
+#: (vstore/wire/capability.py verify_capability's default skew).
+CAPABILITY_SKEW_S = 30
+
+
+@dataclass
+class _InFlight:
+    order: w.Order
+    cs_id: CsId
+    issued_s: float
+    doomed: bool = False   # a delete from the doomed queue (confirm with ChunkDeleted)
+
+
+class ChunkserverManager:
+    def __init__(self, service: MetadataService, *, offline_after_s: float = 5.0, failed_after_s: float = 60.0,
+                 safe_mode_timeout_s: float = 60.0, repair_interval_s: float = 1.0, limits: Limits = Limits(),
+                 order_timeout_s: float = 120.0, write_lease_s: float = 60.0,
+                 capability_skew_s: float = CAPABILITY_SKEW_S, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.service = service
+        self.sm = service.sm
+        self.offline_after_s = offline_after_s
+        self.failed_after_s = failed_after_s
+        self.safe_mode_timeout_s = safe_mode_timeout_s
+        self.repair_interval_s = repair_interval_s
+        self.limits = limits
+        self.order_timeout_s = order_timeout_s
+        self.write_lease_s = write_lease_s
+        self.capability_skew_s = capability_skew_s
+        #: no copies before this (monotonic): leases granted by an earlier leader may be out
+        self._copies_after_s = monotonic() + write_lease_s + capability_skew_s
+        self._monotonic = monotonic
+        # Every MDS hears the heartbeats (chunkservers send them to all), so a new leader
+        # knows at once who is alive; chunk reports and orders are the leader's alone.
+        self.liveness = CsLiveness(monotonic(), offline_after_s=offline_after_s, failed_after_s=failed_after_s)
+        self._term = -1
+        self._queues: dict[CsId, deque[w.Order]] = {}
+        self._wakeups: dict[CsId, asyncio.Event] = {}
+        self._inflight: dict[int, _InFlight] = {}
+        self._busy_chunks: set[int] = set()
+        self._copying: set[int] = set()
+        self._next_order = 1
+        #: per chunkserver, what its last full report said: chunk id -> version
+        self._reports: dict[CsId, dict[int, int]] = {}
+        self._incoming: dict[CsId, tuple[bytes, int, dict[int, int]]] = {}
+        self._stale: dict[CsId, dict[int, int]] = {}
+        #: (chunk, cs) replicas reported damaged that could not be dropped (the last copy)
+        self.damaged: set[tuple[int, CsId]] = set()
+        #: chunk id -> monotonic time its write lease ends (no copies while a writer is at it)
+        self.write_leases: dict[int, float] = {}
+        self.last_plan: RepairPlan = RepairPlan(())
+        self.safe_mode = True
+        self.stats = {"heartbeats": 0, "unknown_heartbeats": 0, "orders_sent": 0, "orders_done": 0,
+                      "orders_failed": 0, "copies_committed": 0, "deletes_confirmed": 0, "rounds": 0}
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def register(self, router: Any) -> None:
+        router.add(w.RegisterCsRequest, self._register_cs, roles=_CS)
+        router.add(w.ChunkReportRequest, self._chunk_report, roles=_CS)
+        router.add(w.FetchOrdersRequest, self._fetch_orders, roles=_CS)
+        router.add(w.OrderDoneRequest, self._order_done, roles=_CS)
+        router.add(w.ReportDamageRequest, self._report_damage, roles=frozenset({"cs", "client"}))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="mds-repair")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for event in self._wakeups.values():
+            event.set()
+
+    def _take_over(self) -> None:
+        """A new term on this leader: orders of an earlier leadership are forgotten (they are
+        re-planned from the state), and chunk reports are asked for again."""
+        term = self.service.node.term
+        if term == self._term:
+            return
+        self._term = term
+        self._queues.clear()
+        self._inflight.clear()
+        self._busy_chunks.clear()
+        self._copying.clear()
+        self._reports.clear()
+        self._incoming.clear()
+        self._stale.clear()
+        self.safe_mode = True
+        started = self._monotonic()
+        self._copies_after_s = started + self.write_lease_s + self.capability_skew_s
+        fresh = CsLiveness(started, offline_after_s=self.offline_after_s, failed_after_s=self.failed_after_s)
+        for cs_id in self.sm.chunkservers():
+            last = self.liveness.last_heard_s(cs_id)
+            boot = self.liveness.boot_id(cs_id)
+            if last is not None and boot is not None and last >= started - self.offline_after_s:
+                fresh.heartbeat(cs_id, max(last, started), boot, self.liveness.gauges(cs_id))
+        self.liveness = fresh
+
+    # ---- the cluster view ---------------------------------------------------------------------------
+
+    def records(self) -> dict[CsId, CsRecord]:
+        return {CsId(k): v for k, v in self.sm.chunkservers().items()}
+
+    def view(self, now_s: float | None = None) -> list[CsState]:
+        """Every registered, not removed chunkserver as the planners see it now."""
+        now = self._monotonic() if now_s is None else now_s
+        rows = [(cs_id, r.host, r.rack, r.state == "draining", r.capacity_bytes)
+                for cs_id, r in self.records().items() if r.state != "removed"]
+        return self.liveness.snapshot(rows, now)
+
+    def address(self, cs_id: int, records: dict[CsId, CsRecord] | None = None) -> w.ReplicaAddress:
+        record = (records or self.records()).get(CsId(cs_id))
+        if record is None:
+            return w.ReplicaAddress(cs_id=cs_id, address="", host="")
+        return w.ReplicaAddress(cs_id=cs_id, address=record.address, host=record.host)
+
+    def grant_lease(self, chunk_id: int) -> None:
+        """A writer holds (or renewed) a write capability for the chunk: no copy of it is
+        made until the capability has expired everywhere, or the writer releases it. Refused
+        (Busy, retryable) while a copy of the chunk is in flight: the copy finishes first."""
+        if chunk_id in self._copying:
+            raise Busy(f"chunk {chunk_id} is being copied to a new replica; retry in a moment")
+        self.write_leases[chunk_id] = self._monotonic() + self.write_lease_s + self.capability_skew_s
+
+    def release_lease(self, chunk_id: int) -> None:
+        self.write_leases.pop(chunk_id, None)
+
+    # ---- heartbeats (UDP, every MDS) ----------------------------------------------------------------
+
+    def on_heartbeat(self, datagram: Datagram, msg: Message) -> None:
+        if not isinstance(msg, Heartbeat) or msg.role != "cs" or msg.node_id != datagram.sender:
+            return
+        cs_id = self.sm.cs_by_node(msg.node_id)
+        if cs_id is None:
+            self.stats["unknown_heartbeats"] += 1
+            return
+        self.stats["heartbeats"] += 1
+        outcome = self.liveness.heartbeat(CsId(cs_id), self._monotonic(), datagram.boot_id, dict(msg.gauges))
+        if outcome is HeartbeatOutcome.RESTARTED:
+            self._reports.pop(CsId(cs_id), None)
+            log.info("cs.restarted", extra={"cs_id": cs_id, "node_id": msg.node_id})
+        if outcome.wants_report:
+            self._wake(CsId(cs_id))
+
+    # ---- RPC handlers -------------------------------------------------------------------------------
+
+    def _cs_of(self, ctx: RequestContext) -> CsId:
+        cs_id = self.sm.cs_by_node(ctx.peer.node_id)
+        if cs_id is None:
+            raise NotFound(f"chunkserver {ctx.peer.node_id!r} is not registered (join it with "
+                           f"'vstore add-node --role cs')")
+        record = self.sm.chunkservers().get(cs_id)
+        if record is not None and record.state == "removed":
+            raise NotPermitted(f"chunkserver {ctx.peer.node_id!r} (cs {cs_id}) was removed from the cluster")
+        return CsId(cs_id)
+
+    async def _register_cs(self, ctx: RequestContext, m: w.RegisterCsRequest, payload: bytes) -> Message:
+        svc = self.service
+        await svc.leader()
+        node_id = ctx.peer.node_id
+        existing = self.sm.cs_by_node(node_id)
+        if existing is not None:
+            if m.join:
+                raise ns.Exists(f"chunkserver {node_id!r} is already registered as cs {existing}; "
+                                f"it cannot join twice")
+            record = self.sm.chunkservers()[existing]
+            if record.state == "removed":
+                raise NotPermitted(f"chunkserver {node_id!r} (cs {existing}) was removed; use a new node id")
+            if (record.address, record.capacity_bytes) != (m.address, m.capacity_bytes):
+                await svc.propose_op(lambda now: ns.UpdateCs(uid=0, gid=0, now_ns=now, cs_id=existing,
+                                                             address=m.address, capacity_bytes=m.capacity_bytes))
+            cs_id = existing
+        else:
+            if not m.join:
+                raise NotFound(f"chunkserver {node_id!r} is not registered; join it with 'vstore add-node --role cs'")
+            cs_id = int(await svc.propose_op(lambda now: ns.RegisterCs(
+                uid=0, gid=0, now_ns=now, cs_id=svc.alloc_cs_id(), node_id=node_id, host=m.host, rack=m.rack,
+                address=m.address, capacity_bytes=m.capacity_bytes)))
+            log.info("cs.registered", extra={"cs_id": cs_id, "node_id": node_id, "host": m.host, "rack": m.rack,
+                                             "address": m.address})
+        peers = tuple(a for a in svc.node.core.addresses.values())
+        return w.RegisterCsReply(cs_id=cs_id, chunk_bytes=self.sm.chunk_bytes(), heartbeat_to=peers)
+
+    async def _chunk_report(self, ctx: RequestContext, m: w.ChunkReportRequest, payload: bytes) -> Message:
+        await self.service.leader()
+        self._take_over()
+        cs_id = self._cs_of(ctx)
+        boot, page, chunks = self._incoming.get(cs_id, (m.boot_id, -1, {}))
+        if m.page == 0:
+            boot, page, chunks = m.boot_id, -1, {}
+        if boot != m.boot_id or m.page != page + 1:
+            self._incoming.pop(cs_id, None)
+            raise InvalidArgument(f"chunk report page {m.page} out of order (expected {page + 1}); start again")
+        for c in m.chunks:
+            chunks[c.chunk_id] = c.version
+            if c.damaged:
+                self.damaged.add((c.chunk_id, cs_id))
+        if not m.last:
+            self._incoming[cs_id] = (boot, m.page, chunks)
+            return w.ChunkReportReply(accepted=len(m.chunks))
+        self._incoming.pop(cs_id, None)
+        self._reports[cs_id] = chunks
+        self.liveness.report_received(cs_id, m.boot_id)
+        self._reconcile(cs_id, chunks)
+        log.info("cs.reported", extra={"cs_id": cs_id, "chunks": len(chunks)})
+        return w.ChunkReportReply(accepted=len(m.chunks))
+
+    def _reconcile(self, cs_id: CsId, reported: dict[int, int]) -> None:
+        """Replicas the chunkserver has that the state does not list for it (orphans of
+        deleted files, copies of an old version) are stale: deleted once out of safe mode."""
+        stale: dict[int, int] = {}
+        for chunk_id, version in reported.items():
+            try:
+                chunk = self.sm.chunk(chunk_id)
+            except NotFound:
+                stale[chunk_id] = version
+                continue
+            if cs_id not in chunk.replicas or version < chunk.version:
+                stale[chunk_id] = version
+        self._stale[cs_id] = stale
+
+    async def _fetch_orders(self, ctx: RequestContext, m: w.FetchOrdersRequest, payload: bytes) -> Message:
+        await self.service.leader()
+        self._take_over()
+        cs_id = self._cs_of(ctx)
+        queue = self._queues.setdefault(cs_id, deque())
+        if not queue and not self._report_wanted(cs_id, m.boot_id):
+            event = self._wakeups.setdefault(cs_id, asyncio.Event())
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), m.wait_ms / 1000)
+            except TimeoutError:
+                pass
+            if not self.service.node.is_leader:
+                raise self.service.node.not_leader_error()
+        orders = []
+        while queue and len(orders) < w.ORDERS_PER_FETCH_MAX:
+            orders.append(queue.popleft())
+        self.stats["orders_sent"] += len(orders)
+        return w.OrdersReply(report_wanted=self._report_wanted(cs_id, m.boot_id), orders=tuple(orders))
+
+    def _report_wanted(self, cs_id: CsId, boot_id: bytes) -> bool:
+        return cs_id not in self._reports and self._incoming.get(cs_id) is None
+
+    async def _order_done(self, ctx: RequestContext, m: w.OrderDoneRequest, payload: bytes) -> Message:
+        await self.service.leader()
+        cs_id = self._cs_of(ctx)
+        flight = self._inflight.pop(m.order_id, None)
+        if flight is None or flight.cs_id != cs_id:
+            return w.DoneReply()  # an order of an earlier leadership, or unknown: nothing to do
+        order = flight.order
+        self._busy_chunks.discard(order.chunk_id)
+        self._copying.discard(order.chunk_id)
+        if m.code:
+            self.stats["orders_failed"] += 1
+            log.warning("cs.order_failed", extra={"cs_id": cs_id, "order": order.kind, "chunk": order.chunk_id,
+                                                  "version": order.version, "code": m.code, "error": m.message})
+            return w.DoneReply()
+        self.stats["orders_done"] += 1
+        if order.kind == w.OrderKind.COPY:
+            try:
+                await self.service.propose_op(lambda now: ns.AddReplica(uid=0, gid=0, now_ns=now,
+                                                                        chunk_id=order.chunk_id,
+                                                                        version=order.version, cs_id=cs_id))
+                self.stats["copies_committed"] += 1
+                log.info("chunk.replicated", extra={"chunk": order.chunk_id, "version": order.version,
+                                                    "cs_id": cs_id})
+            except (StaleVersion, NotFound, InvalidArgument) as exc:
+                # the chunk moved on (written, truncated, deleted) while it was copied: the
+                # copy is useless; its report will list it as stale and it is deleted then
+                log.info("chunk.copy_obsolete", extra={"chunk": order.chunk_id, "cs_id": cs_id, "error": exc.message})
+                self._stale.setdefault(cs_id, {})[order.chunk_id] = order.version
+        elif order.kind == w.OrderKind.DELETE:
+            self._stale.get(cs_id, {}).pop(order.chunk_id, None)
+            if cs_id in self._reports:
+                self._reports[cs_id].pop(order.chunk_id, None)
+            if flight.doomed:
+                await self.service.propose_op(lambda now: ns.ChunkDeleted(uid=0, gid=0, now_ns=now,
+                                                                          chunk_id=order.chunk_id, cs_id=cs_id))
+                self.stats["deletes_confirmed"] += 1
+        return w.DoneReply()
+
+    async def _report_damage(self, ctx: RequestContext, m: w.ReportDamageRequest, payload: bytes) -> Message:
+        """A replica failed its checksums. If another good replica exists it is dropped at
+        once (committed: no leader serves it again) and the planner rebuilds the chunk;
+        the last copy is kept, marked damaged, for whatever blocks of it are still good."""
+        await self.service.leader()
+        log.warning("chunk.damaged", extra={"chunk": m.chunk_id, "version": m.version, "cs_id": m.cs_id,
+                                            "reporter": ctx.peer.node_id, "reason": m.reason})
+        try:
+            chunk = self.sm.chunk(m.chunk_id)
+        except NotFound:
+            return w.DoneReply()
+        if chunk.version != m.version or m.cs_id not in chunk.replicas:
+            return w.DoneReply()
+        others = [c for c in chunk.replicas if c != m.cs_id and (m.chunk_id, c) not in self.damaged]
+        if others:
+            await self.service.propose_op(lambda now: ns.DropReplica(uid=0, gid=0, now_ns=now, chunk_id=m.chunk_id,
+                                                                     cs_id=CsId(m.cs_id)))
+        else:
+            self.damaged.add((m.chunk_id, CsId(m.cs_id)))
+        return w.DoneReply()
+
+    # ---- orders ----------------------------------------------------------------------------------------
+
+    def _wake(self, cs_id: CsId) -> None:
+        event = self._wakeups.get(cs_id)
+        if event is not None:
+            event.set()
+
+    def _order(self, cs_id: CsId, kind: str, chunk_id: int, version: int, *, length: int = 0,
+               source: w.ReplicaAddress | None = None, doomed: bool = False) -> None:
+        token = b""
+        if source is not None and self.service.capability_key:
+            token = issue_capability(self.service.capability_key, chunk_id, version, "r",
+                                     int(time.time()) + COPY_TOKEN_S)
+        order = w.Order(order_id=self._next_order, kind=kind, chunk_id=chunk_id, version=version,
+                        length_bytes=length, source=source, token=token)
+        self._next_order += 1
+        self._queues.setdefault(cs_id, deque()).append(order)
+        self._inflight[order.order_id] = _InFlight(order, cs_id, self._monotonic(), doomed)
+        self._busy_chunks.add(chunk_id)
+        if kind == w.OrderKind.COPY:
+            self._copying.add(chunk_id)
+        self._wake(cs_id)
+
+    def _expire_orders(self, now: float) -> None:
+        for order_id, flight in list(self._inflight.items()):
+            if now - flight.issued_s > self.order_timeout_s:
+                del self._inflight[order_id]
+                self._busy_chunks.discard(flight.order.chunk_id)
+                self._copying.discard(flight.order.chunk_id)
+                queue = self._queues.get(flight.cs_id)
+                if queue and flight.order in queue:
+                    queue.remove(flight.order)
+
+    # ---- the repair loop (leader only) ------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.repair_interval_s)
+            svc = self.service
+            if not svc.node.is_leader or not svc.serving:
+                continue
+            try:
+                await self._repair_round()
+            except VStoreError as exc:  # lost leadership, a full map: the next round retries
+                log.info("mds.repair_round_failed", extra={"error": exc.message})
+
+    async def _repair_round(self) -> None:
+        self._take_over()
+        self.stats["rounds"] += 1
+        now = self._monotonic()
+        records = self.records()
+        active = [c for c, r in records.items() if r.state != "removed"]
+        for cs_id, old, new in self.liveness.transitions(now, active):
+            level = logging.WARNING if new is CsStatus.FAILED else logging.INFO
+            event = {CsStatus.ONLINE: "cs.back", CsStatus.OFFLINE: "cs.offline", CsStatus.FAILED: "cs.failed"}[new]
+            log.log(level, event, extra={"cs_id": cs_id, "host": records[cs_id].host if cs_id in records else "",
+                                         "was": old.value})
+        was_safe = self.safe_mode
+        self.safe_mode = self.liveness.in_safe_mode(now, active, timeout_s=self.safe_mode_timeout_s)
+        if was_safe and not self.safe_mode:
+            log.info("mds.safe_mode_ended", extra={"chunkservers": len(active), "reported": len(self._reports)})
+        self._expire_orders(now)
+        for chunk_id, until in list(self.write_leases.items()):
+            if until < now:
+                del self.write_leases[chunk_id]
+        servers = self.view(now)
+        if self.safe_mode:
+            self.last_plan = RepairPlan((), safe_mode=True)
+            return
+        status = {cs.cs_id: cs.status for cs in servers}
+        self._sweep_doomed(status)
+        self._sweep_stale(status)
+        chunks = await self._chunk_states(records, status)
+        plan = plan_repairs(chunks, servers, limits=self.limits)
+        self.last_plan = plan
+        if plan.storm_brake and not getattr(self, "_storm_logged", False):
+            log.error("mds.storm_brake", extra={"down": sum(1 for cs in servers if cs.status in
+                                                            (CsStatus.OFFLINE, CsStatus.FAILED)),
+                                                "action": "automatic rebuild stopped; bring chunkservers back"})
+        self._storm_logged = plan.storm_brake
+        by_id = {c.chunk_id: c for c in chunks}
+        copies_allowed = now >= self._copies_after_s
+        for job in plan.jobs:
+            chunk = by_id[job.chunk_id]
+            if job.kind is JobKind.COPY:
+                if not copies_allowed:
+                    continue
+                assert job.source is not None
+                self._order(job.target, w.OrderKind.COPY, job.chunk_id, job.version, length=chunk.length_bytes,
+                            source=self.address(job.source, records))
+            elif any(r.cs_id == job.target and r.version == chunk.version for r in chunk.replicas):
+                # a good (listed) replica: drop it from the state first; the doomed sweep
+                # deletes it on the next round
+                await self.service.propose_op(lambda now, j=job: ns.DropReplica(
+                    uid=0, gid=0, now_ns=now, chunk_id=j.chunk_id, cs_id=j.target))
+            else:
+                self._order(job.target, w.OrderKind.DELETE, job.chunk_id, job.version)
+        await self._forget_failed_holders(chunks, status)
+
+    async def _forget_failed_holders(self, chunks: list[ChunkState], status: dict[CsId, CsStatus]) -> None:
+        """A replica on a FAILED server counts for nothing; once the chunk is back at its
+        policy elsewhere, drop it from the state (it is doomed: deleted if that server ever
+        returns). Before that it stays listed, in case its server comes back first."""
+        budget = self.limits.max_deletes
+        for chunk in chunks:
+            failed = [r.cs_id for r in chunk.replicas if status.get(r.cs_id) is CsStatus.FAILED
+                      and r.version == chunk.version]
+            if not failed:
+                continue
+            good = [r for r in chunk.replicas if r.version == chunk.version and not r.damaged
+                    and status.get(r.cs_id) in (CsStatus.ONLINE, CsStatus.OFFLINE, CsStatus.DRAINING)]
+            if len(good) < chunk.policy.replicas:
+                continue
+            for cs_id in failed:
+                if budget <= 0:
+                    return
+                budget -= 1
+                await self.service.propose_op(lambda now, c=chunk.chunk_id, s=cs_id: ns.DropReplica(
+                    uid=0, gid=0, now_ns=now, chunk_id=c, cs_id=s))
+
+    def _sweep_doomed(self, status: dict[CsId, CsStatus]) -> None:
+        for chunk_id, doomed in self.sm.doomed(limit=self.limits.max_deletes):
+            if chunk_id in self._busy_chunks:
+                continue
+            for cs_id in doomed.replicas:
+                if status.get(cs_id) in (CsStatus.ONLINE, CsStatus.DRAINING):
+                    self._order(cs_id, w.OrderKind.DELETE, chunk_id, doomed.version, doomed=True)
+
+    def _sweep_stale(self, status: dict[CsId, CsStatus]) -> None:
+        budget = self.limits.max_deletes
+        for cs_id, stale in self._stale.items():
+            if status.get(cs_id) not in (CsStatus.ONLINE, CsStatus.DRAINING):
+                continue
+            for chunk_id, version in list(stale.items()):
+                if budget <= 0:
+                    return
+                if chunk_id in self._busy_chunks:
+                    continue
+                self._order(cs_id, w.OrderKind.DELETE, chunk_id, version)
+                budget -= 1
+
+    async def _chunk_states(self, records: dict[CsId, CsRecord], status: dict[CsId, CsStatus]) -> list[ChunkState]:
+        """Every chunk as the planner sees it (a full scan: bounded by the chunk count; a
+        cursor over the chunk table resumed each round is the next step for big clusters)."""
+        policies: dict[int, ReplicaPolicy] = {}
+        out: list[ChunkState] = []
+        after = 0
+        now = self._monotonic()
+        while True:
+            page = self.sm.iter_chunks(after_chunk_id=after, limit=1000)
+            if not page:
+                return out
+            for chunk_id, chunk in page:
+                after = chunk_id
+                if chunk_id in self._busy_chunks or self.write_leases.get(chunk_id, 0) > now:
+                    continue
+                policy = policies.get(chunk.inode)
+                if policy is None:
+                    policy = self._policy(chunk)
+                    policies[chunk.inode] = policy
+                out.append(self._state(chunk_id, chunk, policy))
+            await asyncio.sleep(0)  # let requests in between pages
+
+    def _policy(self, chunk: Chunk) -> ReplicaPolicy:
+        try:
+            text = self.sm.getattr(chunk.inode).policy or ns.DEFAULT_POLICY
+        except NotFound:
+            text = ns.DEFAULT_POLICY
+        try:
+            return ReplicaPolicy.parse(text)
+        except ValueError:
+            return ReplicaPolicy.parse(ns.DEFAULT_POLICY)
+
+    def _state(self, chunk_id: int, chunk: Chunk, policy: ReplicaPolicy) -> ChunkState:
+        replicas = [Replica(CsId(c), chunk.version, (chunk_id, c) in self.damaged) for c in chunk.replicas]
+        listed = set(chunk.replicas)
+        for cs_id, stale in self._stale.items():
+            version = stale.get(chunk_id)
+            if version is not None and cs_id not in listed:
+                replicas.append(Replica(cs_id, version))
+        return ChunkState(chunk_id=chunk_id, version=chunk.version, length_bytes=chunk.length_bytes, policy=policy,
+                          replicas=tuple(replicas))
+
+    # ---- status ------------------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        plan = self.last_plan
+        return {"safe_mode": self.safe_mode, "storm_brake": plan.storm_brake, "lost": len(plan.lost),
+                "backlog": {u.name.lower(): n for u, n in plan.backlog.items()},
+                "orders_in_flight": len(self._inflight), **self.stats}
