@@ -52,7 +52,7 @@ class Rig:
         return {f.cs_id: f for f in self.cs.values() if f.cs_id is not None}
 
     async def write_file(self, link, name: bytes, chunk_count: int, *,  # type: ignore[no-untyped-def]
-                         release: bool = True) -> int:
+                         release: bool = True, chunk_len: int = 1024) -> int:
         """What a client does: create, allocate each chunk, put the bytes on every replica of
         the chain, report the write."""
         f = await link.create(ROOT_INODE, name)
@@ -64,11 +64,12 @@ class Rig:
             chunk = reply.chunk
             assert chunk.token, "writes carry a capability"
             for replica in chunk.replicas:
-                by_id[replica.cs_id].store(chunk.chunk_id, chunk.version, secrets.token_bytes(64))
-        size = chunk_count * 1024
+                by_id[replica.cs_id].store(chunk.chunk_id, chunk.version, secrets.token_bytes(chunk_len))
+        size = (chunk_count - 1) * reply.chunk_bytes + chunk_len
         await link.mutate(lambda lane, seq: w.WriteDoneRequest(
             uid=0, gid=0, lane=lane, seq=seq, inode=f.inode, size=size, mtime_ns=1,
-            chunks=tuple(w.WrittenChunk(index=i, length_bytes=1024) for i in range(chunk_count)), release=release))
+            chunks=tuple(w.WrittenChunk(index=i, length_bytes=chunk_len) for i in range(chunk_count)),
+            release=release))
         return f.inode
 
     async def close(self) -> None:
@@ -78,7 +79,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path):
-    cluster = MdsInProcCluster(tmp_path, ("m1",), mds_extra=TIMERS)
+    cluster = MdsInProcCluster(tmp_path, ("m1",), mds_extra=TIMERS, chunk_bytes=1 << 20)
     cluster.start_all()
     rig = Rig(cluster)
     try:
@@ -200,3 +201,72 @@ async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_ar
     assert await rig.chunks() == before, "no replica added or dropped while the brake holds"
     copies = [o for f in rig.cs.values() for o in f.orders_done if o.kind == w.OrderKind.COPY]
     assert not copies
+
+
+async def test_a_chain_repair_drops_the_failed_replica_bumps_the_survivors_and_the_planner_refills(rig: Rig) -> None:
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    inode = await rig.write_file(link, b"f", 1, release=False)
+    ((cid, (version, chain)),) = (await rig.chunks()).items()
+    failed = chain[2]
+    reply = await link.mutate(lambda lane, seq: w.RepairChainRequest(uid=0, gid=0, lane=lane, seq=seq, inode=inode,
+                                                                     chunk_id=cid, version=version, failed=(failed,)))
+    assert isinstance(reply, w.ChunkReply)
+    assert reply.chunk.version == version + 1
+    assert [r.cs_id for r in reply.chunk.replicas] == list(chain[:2])
+    by_id = rig.by_id()
+    assert [by_id[c].chunks[cid][0] for c in chain[:2]] == [version + 1] * 2, "survivors bumped before the reply"
+    assert by_id[failed].chunks[cid][0] == version, "the failed replica keeps the old version: never served"
+    await link.mutate(lambda lane, seq: w.WriteDoneRequest(uid=0, gid=0, lane=lane, seq=seq, inode=inode, size=1024,
+                                                           mtime_ns=2, chunks=(w.WrittenChunk(index=0,
+                                                                                              length_bytes=1024),),
+                                                           release=True))
+
+    async def refilled() -> bool:
+        v, now = (await rig.chunks())[cid]
+        return v == version + 1 and len(now) == 3 and len(set(hosts_of(rig, now))) == 3
+    await wait_for(refilled, timeout_s=30, what="the chunk back at 3 replicas at the new version")
+    for cs_id in (await rig.chunks())[cid][1]:
+        assert rig.by_id()[cs_id].chunks[cid][0] == version + 1
+
+
+async def test_truncate_cuts_and_bumps_the_boundary_chunk_and_dooms_the_rest(rig: Rig) -> None:
+    for n, host in enumerate(["h1", "h2", "h3"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    inode = await rig.write_file(link, b"f", 3, chunk_len=4096)
+    before = await rig.chunks()
+    first, second, third = sorted(before)
+
+    async def truncate(size: int) -> None:
+        await link.mutate(lambda lane, seq: w.SetattrRequest(uid=0, gid=0, lane=lane, seq=seq, inode=inode,
+                                                             size=size))
+    await truncate((1 << 20) + 100)
+    after = await rig.chunks()
+    assert third not in after and after[first] == before[first]
+    assert after[second][0] == before[second][0] + 1
+    for cs_id in after[second][1]:
+        version, data = rig.by_id()[cs_id].chunks[second]
+        assert version == after[second][0] and len(data) == 100, "cut and bumped before the reply"
+    await wait_for(lambda: all(third not in f.chunks for f in rig.cs.values()), timeout_s=30,
+                   what="the chunk past the end deleted")
+
+
+async def test_a_chunkserver_that_lost_its_disk_has_its_replicas_dropped_and_rebuilt(rig: Rig,
+                                                                                    expect_log) -> None:
+    expect_log("chunk.replica_missing", 0)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 3)
+    victim = rig.cs["cs-1"]
+    await victim.stop()
+    victim.chunks.clear()  # a new, empty disk under the same node id
+    await victim.start()
+
+    async def rebuilt() -> bool:
+        chunks = await rig.chunks()
+        by_id = rig.by_id()
+        return all(len(r) == 3 and all(cid in by_id[c].chunks for c in r) for cid, (_, r) in chunks.items())
+    await wait_for(rebuilt, timeout_s=30, what="every listed replica present again")

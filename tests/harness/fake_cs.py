@@ -159,4 +159,20 @@ class FakeChunkserver:
                 return int(ErrorCode.STALE_VERSION), f"source holds version {held[0]}"
             self.chunks[order.chunk_id] = held
             return 0, ""
+        if order.kind == w.OrderKind.SET_VERSION:
+            held = self.chunks.get(order.chunk_id)
+            if held is None:
+                return int(ErrorCode.NOT_FOUND), "no such chunk"
+            if held[0] not in (order.old_version, order.version):
+                return int(ErrorCode.STALE_VERSION), f"replica holds version {held[0]}"
+            self.chunks[order.chunk_id] = (order.version, held[1])
+            return 0, ""
+        if order.kind == w.OrderKind.TRUNCATE:
+            held = self.chunks.get(order.chunk_id)
+            if held is None:
+                return int(ErrorCode.NOT_FOUND), "no such chunk"
+            if held[0] > order.version:
+                return int(ErrorCode.STALE_VERSION), f"replica holds version {held[0]}"
+            self.chunks[order.chunk_id] = (order.version, held[1][:order.length_bytes])
+            return 0, ""
         return int(ErrorCode.NOT_SUPPORTED), f"unknown order {order.kind}"

@@ -99,6 +99,11 @@ class ChunkserverManager:
         self._reports: dict[CsId, dict[int, int]] = {}
         self._incoming: dict[CsId, tuple[bytes, int, dict[int, int]]] = {}
         self._stale: dict[CsId, dict[int, int]] = {}
+        #: listed replicas that reported an older version than the chunk's (a version bump
+        #: that did not reach them): brought up to date with a TRUNCATE order
+        self._behind: dict[CsId, dict[int, int]] = {}
+        self._missing: dict[CsId, set[int]] = {}
+        self._waiters: dict[int, asyncio.Future[int]] = {}
         #: (chunk, cs) replicas reported damaged that could not be dropped (the last copy)
         self.damaged: set[tuple[int, CsId]] = set()
         #: chunk id -> monotonic time its write lease ends (no copies while a writer is at it)
@@ -143,6 +148,8 @@ class ChunkserverManager:
         self._reports.clear()
         self._incoming.clear()
         self._stale.clear()
+        self._behind.clear()
+        self._missing.clear()
         self.safe_mode = True
         started = self._monotonic()
         self._copies_after_s = started + self.write_lease_s + self.capability_skew_s
@@ -267,15 +274,40 @@ class ChunkserverManager:
         """Replicas the chunkserver has that the state does not list for it (orphans of
         deleted files, copies of an old version) are stale: deleted once out of safe mode."""
         stale: dict[int, int] = {}
+        behind: dict[int, int] = {}
         for chunk_id, version in reported.items():
             try:
                 chunk = self.sm.chunk(chunk_id)
             except NotFound:
                 stale[chunk_id] = version
                 continue
-            if cs_id not in chunk.replicas or version < chunk.version:
+            if cs_id not in chunk.replicas:
                 stale[chunk_id] = version
+            elif version < chunk.version:
+                # listed, but a version bump (chain repair, truncate) never reached it: its
+                # data up to the chunk's acknowledged length is the chunk's; cut and bump it
+                behind[chunk_id] = version
+            elif version > chunk.version:
+                log.error("chunk.version_ahead", extra={"chunk": chunk_id, "cs_id": cs_id, "version": version,
+                                                        "expected": chunk.version,
+                                                        "action": "replica not served; rebuilt from others"})
+                self.damaged.add((chunk_id, cs_id))
         self._stale[cs_id] = stale
+        self._behind[cs_id] = behind
+        # the other direction: listed here but not reported (a full scan of the chunk table,
+        # once per report; an index by chunkserver is the next step for big clusters)
+        missing: set[int] = set()
+        after = 0
+        while True:
+            page = self.sm.iter_chunks(after_chunk_id=after, limit=10_000)
+            if not page:
+                break
+            for chunk_id, chunk in page:
+                after = chunk_id
+                # a chunk never written (length 0) has no file on any chunkserver yet
+                if cs_id in chunk.replicas and chunk_id not in reported and chunk.length_bytes > 0:
+                    missing.add(chunk_id)
+        self._missing[cs_id] = missing
 
     async def _fetch_orders(self, ctx: RequestContext, m: w.FetchOrdersRequest, payload: bytes) -> Message:
         await self.service.leader()
@@ -309,6 +341,13 @@ class ChunkserverManager:
         order = flight.order
         self._busy_chunks.discard(order.chunk_id)
         self._copying.discard(order.chunk_id)
+        waiter = self._waiters.pop(m.order_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(m.code)
+        if order.kind in (w.OrderKind.SET_VERSION, w.OrderKind.TRUNCATE) and not m.code:
+            self._behind.get(cs_id, {}).pop(order.chunk_id, None)
+            if cs_id in self._reports:
+                self._reports[cs_id][order.chunk_id] = order.version
         if m.code:
             self.stats["orders_failed"] += 1
             log.warning("cs.order_failed", extra={"cs_id": cs_id, "order": order.kind, "chunk": order.chunk_id,
@@ -367,13 +406,13 @@ class ChunkserverManager:
             event.set()
 
     def _order(self, cs_id: CsId, kind: str, chunk_id: int, version: int, *, length: int = 0,
-               source: w.ReplicaAddress | None = None, doomed: bool = False) -> None:
+               source: w.ReplicaAddress | None = None, doomed: bool = False, old_version: int = 0) -> w.Order:
         token = b""
         if source is not None and self.service.capability_key:
             token = issue_capability(self.service.capability_key, chunk_id, version, "r",
                                      int(time.time()) + COPY_TOKEN_S)
         order = w.Order(order_id=self._next_order, kind=kind, chunk_id=chunk_id, version=version,
-                        length_bytes=length, source=source, token=token)
+                        length_bytes=length, source=source, token=token, old_version=old_version)
         self._next_order += 1
         self._queues.setdefault(cs_id, deque()).append(order)
         self._inflight[order.order_id] = _InFlight(order, cs_id, self._monotonic(), doomed)
@@ -381,6 +420,33 @@ class ChunkserverManager:
         if kind == w.OrderKind.COPY:
             self._copying.add(chunk_id)
         self._wake(cs_id)
+        return order
+
+    async def bump_versions(self, chunk_id: int, replicas: tuple[CsId, ...] | list[CsId], old_version: int,
+                            new_version: int, *, truncate_to: int | None = None,
+                            timeout_s: float = 5.0) -> list[CsId]:
+        """Tell each replica to move from ``old_version`` to ``new_version`` (cutting it to
+        ``truncate_to`` bytes first, for a truncate) and wait for the answers. Returns the
+        replicas that failed or did not answer in time (the caller drops them: their copy is
+        stale now). The bump itself is already committed: a replica that misses it is found
+        behind in its next report and brought up to date then."""
+        kind = w.OrderKind.SET_VERSION if truncate_to is None else w.OrderKind.TRUNCATE
+        loop = asyncio.get_running_loop()
+        pending: dict[CsId, asyncio.Future[int]] = {}
+        for cs_id in replicas:
+            order = self._order(CsId(cs_id), kind, chunk_id, new_version, length=truncate_to or 0,
+                                old_version=old_version)
+            self._busy_chunks.discard(chunk_id)  # a bump does not hold off the planner's other work
+            future: asyncio.Future[int] = loop.create_future()
+            self._waiters[order.order_id] = future
+            pending[CsId(cs_id)] = future
+        if pending:
+            await asyncio.wait(pending.values(), timeout=timeout_s)
+        failed = [cs for cs, f in pending.items() if not f.done() or f.result() != 0]
+        for future in pending.values():
+            if not future.done():
+                future.cancel()
+        return failed
 
     def _expire_orders(self, now: float) -> None:
         for order_id, flight in list(self._inflight.items()):
@@ -429,8 +495,10 @@ class ChunkserverManager:
             self.last_plan = RepairPlan((), safe_mode=True)
             return
         status = {cs.cs_id: cs.status for cs in servers}
+        await self._drop_missing()
         self._sweep_doomed(status)
         self._sweep_stale(status)
+        self._sweep_behind(status)
         chunks = await self._chunk_states(records, status)
         plan = plan_repairs(chunks, servers, limits=self.limits)
         self.last_plan = plan
@@ -449,7 +517,7 @@ class ChunkserverManager:
                 assert job.source is not None
                 self._order(job.target, w.OrderKind.COPY, job.chunk_id, job.version, length=chunk.length_bytes,
                             source=self.address(job.source, records))
-            elif any(r.cs_id == job.target and r.version == chunk.version for r in chunk.replicas):
+            elif job.target in self._listed(job.chunk_id):
                 # a good (listed) replica: drop it from the state first; the doomed sweep
                 # deletes it on the next round
                 await self.service.propose_op(lambda now, j=job: ns.DropReplica(
@@ -479,6 +547,35 @@ class ChunkserverManager:
                 await self.service.propose_op(lambda now, c=chunk.chunk_id, s=cs_id: ns.DropReplica(
                     uid=0, gid=0, now_ns=now, chunk_id=c, cs_id=s))
 
+    def _listed(self, chunk_id: int) -> tuple[int, ...]:
+        try:
+            return tuple(self.sm.chunk(chunk_id).replicas)
+        except NotFound:
+            return ()
+
+    async def drop_replicas(self, chunk_id: int, failed: list[CsId], *, reason: str) -> None:
+        """Drop replicas that could not follow a version bump, keeping at least one."""
+        for cs_id in failed:
+            listed = self._listed(chunk_id)
+            if cs_id not in listed or len(listed) <= 1:
+                continue
+            log.warning("chunk.replica_dropped", extra={"chunk": chunk_id, "cs_id": cs_id, "reason": reason})
+            await self.service.propose_op(lambda now, s=cs_id: ns.DropReplica(uid=0, gid=0, now_ns=now,
+                                                                              chunk_id=chunk_id, cs_id=s))
+
+    async def _drop_missing(self) -> None:
+        """Replicas the state lists on a chunkserver whose report did not include them are
+        gone (a lost disk, a deleted file): drop them, so the planner rebuilds the chunk."""
+        for cs_id, missing in list(self._missing.items()):
+            for chunk_id in list(missing):
+                missing.discard(chunk_id)
+                if cs_id in self._listed(chunk_id):
+                    log.warning("chunk.replica_missing", extra={"chunk": chunk_id, "cs_id": cs_id})
+                    await self.service.propose_op(lambda now, c=chunk_id, s=cs_id: ns.DropReplica(
+                        uid=0, gid=0, now_ns=now, chunk_id=c, cs_id=s))
+            if not missing:
+                self._missing.pop(cs_id, None)
+
     def _sweep_doomed(self, status: dict[CsId, CsStatus]) -> None:
         for chunk_id, doomed in self.sm.doomed(limit=self.limits.max_deletes):
             if chunk_id in self._busy_chunks:
@@ -499,6 +596,24 @@ class ChunkserverManager:
                     continue
                 self._order(cs_id, w.OrderKind.DELETE, chunk_id, version)
                 budget -= 1
+
+    def _sweep_behind(self, status: dict[CsId, CsStatus]) -> None:
+        for cs_id, behind in self._behind.items():
+            if status.get(cs_id) not in (CsStatus.ONLINE, CsStatus.DRAINING):
+                continue
+            for chunk_id, version in list(behind.items()):
+                if chunk_id in self._busy_chunks or chunk_id in self.write_leases:
+                    continue
+                try:
+                    chunk = self.sm.chunk(chunk_id)
+                except NotFound:
+                    behind.pop(chunk_id)
+                    continue
+                if cs_id not in chunk.replicas:
+                    behind.pop(chunk_id)
+                    continue
+                self._order(cs_id, w.OrderKind.TRUNCATE, chunk_id, chunk.version, length=chunk.length_bytes,
+                            old_version=version)
 
     async def _chunk_states(self, records: dict[CsId, CsRecord], status: dict[CsId, CsStatus]) -> list[ChunkState]:
         """Every chunk as the planner sees it (a full scan: bounded by the chunk count; a
@@ -533,6 +648,8 @@ class ChunkserverManager:
             return ReplicaPolicy.parse(ns.DEFAULT_POLICY)
 
     def _state(self, chunk_id: int, chunk: Chunk, policy: ReplicaPolicy) -> ChunkState:
+        # a listed replica that is behind counts at the chunk's version: the TRUNCATE order
+        # that brings it up to date is on its way (counting it stale would delete it)
         replicas = [Replica(CsId(c), chunk.version, (chunk_id, c) in self.damaged) for c in chunk.replicas]
         listed = set(chunk.replicas)
         for cs_id, stale in self._stale.items():

@@ -379,7 +379,28 @@ class MetadataService:
             return ns.SetAttr(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode, mode=m.mode, new_uid=m.new_uid,
                               new_gid=m.new_gid, size=m.size, atime_ns=now if m.atime_now else m.atime_ns,
                               mtime_ns=now if m.mtime_now else m.mtime_ns)
-        return _attr_result(await self._mutate(m, build))
+        old_size = self.sm.getattr(m.inode).size if m.size is not None else 0
+        reply = _attr_result(await self._mutate(m, build))
+        if m.size is not None and m.size < old_size and self.chunkservers is not None:
+            await self._truncate_chunk(m.inode, m.size)
+        return reply
+
+    async def _truncate_chunk(self, inode: int, size: int) -> None:
+        """The chunk that holds the new end of a shrunk file got a new version and length in
+        the state: cut its replicas to that length and bump them (MooseFS truncates the
+        same way, before answering). Chunks wholly past the end went to the doomed queue."""
+        chunk_bytes = self.sm.chunk_bytes()
+        if size % chunk_bytes == 0:
+            return
+        found = self.sm.chunk_map(inode, size // chunk_bytes, 1)
+        if not found:
+            return
+        _, chunk_id, chunk = found[0]
+        manager = self._manager()
+        failed = await manager.bump_versions(chunk_id, chunk.replicas, chunk.version - 1, chunk.version,
+                                             truncate_to=chunk.length_bytes)
+        if failed:
+            await manager.drop_replicas(chunk_id, failed, reason="missed the truncate")
 
     async def _setxattr(self, ctx: RequestContext, m: w.SetxattrRequest, payload: bytes) -> Message:
         await self._mutate(m, lambda now: ns.SetXattr(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode, name=m.name,
@@ -558,7 +579,14 @@ class MetadataService:
             new_version=m.version + 1))
         chunk_id, raw = value
         repaired = chunk_decoder.decode(raw)
-        self._manager().grant_lease(int(chunk_id))
+        manager = self._manager()
+        # the survivors move to the new version before the writer resends (idempotent, so a
+        # retry answered from the session table bumps again, harmlessly)
+        failed = await manager.bump_versions(int(chunk_id), repaired.replicas, m.version, repaired.version)
+        if failed:
+            await manager.drop_replicas(int(chunk_id), failed, reason="missed the chain repair's version bump")
+            repaired = self.sm.chunk(int(chunk_id))
+        manager.grant_lease(int(chunk_id))
         log.info("chunk.chain_repaired", extra={"chunk": m.chunk_id, "version": repaired.version,
                                                 "dropped": list(drop), "chain": list(repaired.replicas)})
         return w.ChunkReply(chunk_bytes=self.sm.chunk_bytes(),

@@ -527,6 +527,8 @@ class OrderKind:
 
     COPY = "copy"        # fetch chunk_id at version from ``source``, verify every block, keep it
     DELETE = "delete"    # delete the replica of chunk_id (any version <= ``version``)
+    SET_VERSION = "set_version"  # replica at ``old_version`` becomes ``version`` (data unchanged)
+    TRUNCATE = "truncate"  # replica at ``old_version`` (or older) is cut to ``length_bytes``, then ``version``
 
 
 class Order(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -537,6 +539,7 @@ class Order(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=
     length_bytes: U64 = 0
     source: ReplicaAddress | None = None
     token: Token = b""
+    old_version: U64 = 0
 
 
 #: Orders handed to one chunkserver per fetch at most.
