@@ -17,8 +17,11 @@ import pytest
 from tests.harness.fake_cs import FakeChunkserver, FakeDisks
 from tests.harness.mdsprocs import MdsInProcCluster
 from tests.harness.wait import wait_for
-from vstore.errors import Exists, NoChunkservers
+from vstore.client.mds_link import MdsLink
+from vstore.errors import Exists, NoChunkservers, NotEmpty, NotPermitted
 from vstore.metadata.fsm.schema import ROOT_INODE
+from vstore.net import Auth
+from vstore.wire import Identity
 from vstore.wire import mds as w
 
 pytestmark = pytest.mark.timeout(120)
@@ -270,3 +273,30 @@ async def test_a_chunkserver_that_lost_its_disk_has_its_replicas_dropped_and_reb
         by_id = rig.by_id()
         return all(len(r) == 3 and all(cid in by_id[c].chunks for c in r) for cid, (_, r) in chunks.items())
     await wait_for(rebuilt, timeout_s=30, what="every listed replica present again")
+
+
+async def test_draining_a_chunkserver_moves_its_replicas_away_then_it_can_be_removed(rig: Rig) -> None:
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 4)
+    drained = rig.cs["cs-1"]
+    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
+                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
+                    host="admin")
+    try:
+        with pytest.raises(NotPermitted):  # a client may not drain
+            await link.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="draining"), deadline_s=2)
+        await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="draining"))
+        with pytest.raises(NotEmpty):  # still listed somewhere: cannot be removed yet
+            await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="removed"))
+
+        async def moved() -> bool:
+            chunks = await rig.chunks()
+            return all(drained.cs_id not in r and len(r) == 3 for _, r in chunks.values()) and not drained.chunks
+        await wait_for(moved, timeout_s=30, what="every replica moved off the draining chunkserver and deleted")
+        await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="removed"))
+        status = await admin.status(rig.cluster.address("m1"))
+        assert status.chunks["copies_committed"] >= 4 and status.chunks["lost"] == 0
+    finally:
+        await admin.close(expire_session=False)

@@ -122,6 +122,7 @@ class ChunkserverManager:
         router.add(w.FetchOrdersRequest, self._fetch_orders, roles=_CS)
         router.add(w.OrderDoneRequest, self._order_done, roles=_CS)
         router.add(w.ReportDamageRequest, self._report_damage, roles=frozenset({"cs", "client"}))
+        router.add(w.SetCsStateRequest, self._set_cs_state, roles=frozenset({"admin"}))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="mds-repair")
@@ -398,6 +399,17 @@ class ChunkserverManager:
             self.damaged.add((m.chunk_id, CsId(m.cs_id)))
         return w.DoneReply()
 
+    async def _set_cs_state(self, ctx: RequestContext, m: w.SetCsStateRequest, payload: bytes) -> Message:
+        await self.service.leader()
+        if m.cs_id not in self.sm.chunkservers():
+            raise NotFound(f"no chunkserver with id {m.cs_id}")
+        await self.service.propose_op(lambda now: ns.SetCsState(uid=0, gid=0, now_ns=now, cs_id=CsId(m.cs_id),
+                                                                state=m.state))
+        log.info("cs.state_set", extra={"cs_id": m.cs_id, "state": m.state, "by": ctx.peer.node_id})
+        if m.state == "removed":
+            self.liveness.forget(CsId(m.cs_id))
+        return w.DoneReply(value=m.cs_id)
+
     # ---- orders ----------------------------------------------------------------------------------------
 
     def _wake(self, cs_id: CsId) -> None:
@@ -661,8 +673,11 @@ class ChunkserverManager:
 
     # ---- status ------------------------------------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, int]:
+        """Flat counters for status replies: safe mode and storm brake (0/1), lost chunks,
+        the repair backlog by urgency (``backlog_<urgency>``), orders in flight, the stats."""
         plan = self.last_plan
-        return {"safe_mode": self.safe_mode, "storm_brake": plan.storm_brake, "lost": len(plan.lost),
-                "backlog": {u.name.lower(): n for u, n in plan.backlog.items()},
-                "orders_in_flight": len(self._inflight), **self.stats}
+        out = {"safe_mode": int(self.safe_mode), "storm_brake": int(plan.storm_brake), "lost": len(plan.lost),
+               "orders_in_flight": len(self._inflight), **self.stats}
+        out.update({f"backlog_{u.name.lower()}": n for u, n in plan.backlog.items()})
+        return out

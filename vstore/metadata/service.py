@@ -599,7 +599,8 @@ class MetadataService:
         raft = msgspec.to_builtins(raft)
         return w.MdsStatusReply(node_id=self.node.id, role=str(st["role"]), term=int(st["term"]),
                                 leader_id=st["leader"] or "", leader_address=self.node.leader_address() or "",
-                                commit=int(st["commit"]), applied=index, state_hash=state_hash, raft=raft)
+                                commit=int(st["commit"]), applied=index, state_hash=state_hash, raft=raft,
+                                chunks=self.chunkservers.summary() if self.chunkservers and self.serving else {})
 
 
 __all__ = ["MetadataService", "attr_of", "unwrap"]

@@ -465,6 +465,8 @@ class MdsStatusReply(Message):
     applied: U64
     state_hash: Hash64
     raft: dict[str, int | str | list[str] | dict[str, str]] = {}
+    #: the leader's chunk health and repair counters (vstore/metadata/chunkservers.py summary)
+    chunks: dict[str, int] = {}
 
 
 # ---- chunkserver -> MDS -----------------------------------------------------------------------
@@ -585,3 +587,14 @@ class ReportDamageRequest(Message):
     version: U64
     cs_id: U32
     reason: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
+@register
+class SetCsStateRequest(Message):
+    """An operator's decision about a chunkserver (admin role only): ``draining`` moves its
+    replicas elsewhere and gives it no new ones, ``active`` takes it back, ``removed``
+    forgets it for good (refused while any chunk still lists it)."""
+
+    TYPE = MsgType.SET_CS_STATE
+    cs_id: U32
+    state: Annotated[str, msgspec.Meta(pattern=r"^(active|draining|removed)$")]

@@ -98,6 +98,7 @@ class MsgType(enum.IntEnum):
     FETCH_ORDERS = 162
     ORDER_DONE = 163
     REPORT_DAMAGE = 164
+    SET_CS_STATE = 165
     ATTR_REPLY = 180
     DONE_REPLY = 181
     READLINK_REPLY = 182
