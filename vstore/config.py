@@ -336,6 +336,8 @@ class MdsSection:
     session_expire_s: int = _setting(
         30, unit="s", apply="reload", min=2, max=86_400,
         doc="A client silent this long is gone: its open files are released and another host may take its files")
+    raft_log_map_bytes: int = _setting(8 * GiB, unit="bytes", min=16 * MiB, max=16 * 1024 * GiB,
+                                       doc="Largest size of the Raft log's LMDB (compacted as entries apply)")
     lmdb_map_bytes: int = _setting(8 * GiB, unit="bytes", min=16 * MiB, max=16 * 1024 * GiB,
                                    doc="Largest size of the metadata LMDB; a full map stops all writes")
 

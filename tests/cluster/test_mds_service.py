@@ -14,7 +14,7 @@ import pytest
 
 from tests.harness.mdsprocs import MdsInProcCluster
 from tests.harness.wait import wait_for
-from vstore.errors import Exists, InvalidArgument, IsDir, NotEmpty, NotFound, NotLeader, NotPermitted
+from vstore.errors import Exists, InvalidArgument, IsDir, NoSpace, NotEmpty, NotFound, NotLeader, NotPermitted
 from vstore.metadata.fsm.schema import ROOT_INODE
 from vstore.wire import mds as w
 
@@ -195,3 +195,26 @@ async def test_a_new_leader_serves_after_the_old_one_stops(three: MdsInProcClust
     assert names == [b"after", b"before"]
     three.start(old)
     await three.converged()
+
+
+async def test_a_full_metadata_store_refuses_growth_with_no_space_but_still_removes(tmp_path: Path) -> None:
+    """RELIABILITY.md F10: a full LMDB map must not stop the replicas (an entry that cannot
+    be applied would): mutations that grow the state are refused before they are proposed."""
+    cluster = MdsInProcCluster(tmp_path, ("m1",), mds_extra={"lmdb_map_bytes": 16 << 20})
+    cluster.start_all()
+    try:
+        link = await cluster.link()
+        f = await link.create(ROOT_INODE, b"f")
+        value = b"x" * 65536
+        with pytest.raises(NoSpace):
+            for n in range(1000):
+                await link.mutate(lambda lane, seq, n=n: w.SetxattrRequest(
+                    uid=0, gid=0, lane=lane, seq=seq, inode=f.inode, name=f"user.{n}".encode(), value=value))
+        assert n > 100, "refused only when nearly full"
+        with pytest.raises(NoSpace):
+            await link.create(ROOT_INODE, b"g")
+        await link.unlink(ROOT_INODE, b"f")  # removals still work
+        assert [e.name for e in await link.readdir(ROOT_INODE)] == []  # reads too
+        assert cluster.running() == ["m1"], "the MDS did not stop"
+    finally:
+        await cluster.close()

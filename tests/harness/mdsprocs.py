@@ -72,8 +72,8 @@ admin_listen = "127.0.0.1:{free_port()}"
 heartbeat_interval_ms = {heartbeat_ms}
 election_timeout_ms = {election_ms}
 session_expire_s = {session_expire_s}
-lmdb_map_bytes = {1 << 28}
-""" + "".join(f"{k} = {v}\n" for k, v in self.mds_extra.items())
+""" + "".join(f"{k} = {v}\n" for k, v in {"lmdb_map_bytes": 1 << 28, "raft_log_map_bytes": 1 << 28,
+                                           **self.mds_extra}.items())
 
     # ---- processes ---------------------------------------------------------------------------------
 

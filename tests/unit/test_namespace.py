@@ -336,3 +336,29 @@ def test_replication_policies_default_to_3_2_and_are_inherited_at_creation(ns: N
         ns.do(SetPolicy, inode=d, policy="3:5")
     with pytest.raises(NotPermitted):
         ns.do(SetPolicy, inode=d, policy="3:2", uid=1234, gid=1234)
+
+
+def test_readdir_pages_through_100k_entries_of_one_directory_in_name_order(ns: NS) -> None:
+    from vstore.metadata.fsm.namespace import Mkdir, encode_command
+    from vstore.metadata.raft.statemachine import encode_proposal
+    from vstore.wire.raft import Entry
+    ns.do(Mkdir, parent=ROOT, name=b"big", mode=0o755, inode=next(ns.ids))
+    big = ns.sm.lookup(ROOT, b"big")[0]
+    names = [f"{i:06d}".encode() for i in range(100_000)]
+    for start in range(0, len(names), 10_000):  # one transaction per 10k creates, as Raft batches them
+        entries = []
+        for name in names[start:start + 10_000]:
+            ns.index += 1
+            op = Mknod(uid=0, gid=0, now_ns=next(ns.clock), parent=big, name=name, kind=Kind.FILE, mode=0o644,
+                       inode=next(ns.ids))
+            entries.append(Entry.make(ns.index, 1, encode_proposal("", 0, encode_command(op))))
+        assert all(r[0] == "ok" for r in ns.sm.apply(entries, {}))
+    seen, after = [], b""
+    while True:
+        page = ns.sm.readdir(big, after, 1000)
+        if not page:
+            break
+        seen.extend(name for name, _ in page)
+        after = page[-1][0]
+    assert seen == names
+    assert ns.sm.getattr(big).mtime_ns > 0

@@ -73,7 +73,7 @@ class MdsServer:
             raise UsageError(f"{self.data_dir} is not an initialised MDS data dir (create it with 'vstore mkfs' or "
                              f"'vstore add-node --role mds')")
         mds = config.mds
-        self.store = RaftLogStore(raft_dir(self.data_dir), map_size_bytes=mds.lmdb_map_bytes)
+        self.store = RaftLogStore(raft_dir(self.data_dir), map_size_bytes=mds.raft_log_map_bytes)
         identity = self.store.identity() or {}
         if identity.get("cluster_id") != config.cluster.id:
             self.store.close()

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from vstore.errors import Exists, NoChunkservers, NotFound, StaleHandle, VStoreError, error_class
+from vstore.errors import Exists, NoChunkservers, NoSpace, NotFound, StaleHandle, VStoreError, error_class
 from vstore.metadata.fsm import namespace as ns
 from vstore.metadata.fsm.schema import ROOT_INODE, U64, Chunk, Inode, chunk_decoder, inode_decoder
 from vstore.metadata.placement import CsStatus, ReplicaPolicy, place_replicas
@@ -66,6 +66,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CLIENT = frozenset({"client", "mds"})
+
+#: Above this fill of the state machine's LMDB map, mutations that can grow the state are
+#: refused with NO_SPACE (etcd's NOSPACE alarm): a committed entry that cannot be applied
+#: would stop every replica, so the check must come before the proposal. The rest of the
+#: map is headroom for entries already in flight and for the removals that are still
+#: allowed (unlink, rmdir, release, removexattr, session expiry).
+STATE_FULL_RATIO = 0.90
 
 
 def attr_of(inode: int, node: Inode) -> w.Attr:
@@ -278,11 +285,22 @@ class MetadataService:
         await self._barrier()
         self.stats["reads"] += 1
 
-    async def _mutate(self, req: w.MdsMutation, build: Callable[[int], ns.Command]) -> Any:
+    def state_fill(self) -> float:
+        """How full the state machine's LMDB map is (pages ever used / pages in the map;
+        LMDB reuses freed pages but never shrinks its high-water mark, so this only grows
+        until the map is enlarged: ``[mds] lmdb_map_bytes`` and a restart)."""
+        info = self.sm.env.info()
+        return (info["last_pgno"] + 1) * self.sm.env.stat()["psize"] / info["map_size"]
+
+    async def _mutate(self, req: w.MdsMutation, build: Callable[[int], ns.Command], *, grows: bool = True) -> Any:
         """Build the command (``build(now_ns)``, which may allocate ids) and propose it under
         the request's lane and sequence number; returns the state machine's value or raises
-        its typed error."""
+        its typed error. ``grows``: the command may need new space (refused when full)."""
         await self.leader()
+        if grows and self.state_fill() > STATE_FULL_RATIO:
+            raise NoSpace(f"the metadata store of {self.node.id} is {self.state_fill():.0%} full (limit "
+                          f"{STATE_FULL_RATIO:.0%}); remove files or raise [mds] lmdb_map_bytes and restart",
+                          details={"fill_permille": int(self.state_fill() * 1000)})
         self._check_session(session_of_lane(req.lane))
         op = build(self._now_ns())
         # no await between building (allocating) and proposing: log order = allocation order
@@ -360,12 +378,12 @@ class MetadataService:
 
     async def _unlink(self, ctx: RequestContext, m: w.UnlinkRequest, payload: bytes) -> Message:
         value = await self._mutate(m, lambda now: ns.Unlink(uid=m.uid, gid=m.gid, now_ns=now, parent=m.parent,
-                                                            name=m.name))
+                                                            name=m.name), grows=False)
         return w.DoneReply(value=int(value))
 
     async def _rmdir(self, ctx: RequestContext, m: w.RmdirRequest, payload: bytes) -> Message:
         value = await self._mutate(m, lambda now: ns.Rmdir(uid=m.uid, gid=m.gid, now_ns=now, parent=m.parent,
-                                                           name=m.name))
+                                                           name=m.name), grows=False)
         return w.DoneReply(value=int(value))
 
     async def _rename(self, ctx: RequestContext, m: w.RenameRequest, payload: bytes) -> Message:
@@ -409,7 +427,7 @@ class MetadataService:
 
     async def _removexattr(self, ctx: RequestContext, m: w.RemovexattrRequest, payload: bytes) -> Message:
         await self._mutate(m, lambda now: ns.RemoveXattr(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode,
-                                                         name=m.name))
+                                                         name=m.name), grows=False)
         return w.DoneReply()
 
     async def _open(self, ctx: RequestContext, m: w.OpenRequest, payload: bytes) -> Message:
@@ -420,7 +438,7 @@ class MetadataService:
     async def _release(self, ctx: RequestContext, m: w.ReleaseRequest, payload: bytes) -> Message:
         session = session_of_lane(m.lane)
         await self._mutate(m, lambda now: ns.Release(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode,
-                                                     session=session))
+                                                     session=session), grows=False)
         return w.DoneReply()
 
     async def _set_policy(self, ctx: RequestContext, m: w.SetPolicyRequest, payload: bytes) -> Message:
