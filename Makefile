@@ -29,6 +29,7 @@ demo: install
 bench: install
 	$(PY) bench/rpc.py
 	$(PY) bench/raft.py
+	$(PY) bench/metadata.py
 
 # thousands of seeds per Raft simulator scenario (the default suite runs a few hundred)
 soak: install

@@ -242,8 +242,12 @@ class RaftLogStore:
             if rd.snapshot is not None:
                 self._cache.clear()
             if rd.entries:
-                for index in [i for i in self._cache if i >= rd.entries[0].index]:
-                    del self._cache[index]
+                # the cache holds a contiguous run of indexes in ascending order: drop the
+                # overwritten suffix from the tail (a scan of the whole cache on every persist
+                # was half of the writer thread's time under load)
+                first = rd.entries[0].index
+                while self._cache and next(reversed(self._cache)) >= first:
+                    self._cache.popitem(last=True)
                 for entry in rd.entries:
                     self._cache[entry.index] = entry
                 while len(self._cache) > _CACHE_ENTRIES:
