@@ -203,11 +203,12 @@ async def test_a_failed_log_write_stops_the_node_and_fails_its_requests(cluster:
                    timeout_s=20, what="survivors to agree")
 
 
-async def test_a_replica_whose_state_diverges_is_caught_by_a_state_check_and_stops_voting(tmp_path: Path,
+async def test_a_replica_whose_state_diverges_stops_voting_and_resyncs_from_the_leader(tmp_path: Path,
                                                                                           expect_log) -> None:
     """RELIABILITY.md §4.5: the leader's periodic state-hash checkpoints let every replica
     compare; one that applied something different stops voting (and must be re-synced)."""
     expect_log("raft.state_diverged")
+    expect_log("raft.resynced")
     cluster = RaftCluster(tmp_path, ["m1", "m2", "m3"], state_check_every_entries=5)
     await cluster.start()
     try:
@@ -223,10 +224,22 @@ async def test_a_replica_whose_state_diverges_is_caught_by_a_state_check_and_sto
         victim.sm._state_hash ^= 0xDEADBEEF
         for i in range(12, 24):
             await cluster.append("k", i)
-        await wait_for(lambda: victim.sm is not None and victim.sm.divergence is not None, timeout_s=20,
-                       what="the divergence to be detected")
+        # detected (raft.state_diverged, checked by expect_log); the re-sync may follow at once
         await wait_for(lambda: victim.node is not None and victim.node.status()["voting_disabled"] == 1,
                        timeout_s=10, what="voting to be disabled")
         assert victim.store is not None and victim.store.voting_disabled
+        # ... and re-syncs: its state is replaced by the leader's snapshot, then it follows on
+        await wait_for(lambda: victim.node is not None and victim.node.resyncs == 1, timeout_s=20,
+                       what="the diverged replica to re-sync from the leader's snapshot")
+        for i in range(24, 30):
+            await cluster.append("k", i)
+        await cluster.converged("k", tuple(range(30)))
+        leader = await cluster.leader()
+
+        def same_hash() -> bool:
+            assert leader.sm is not None and victim.sm is not None
+            return leader.sm.state_hash() == victim.sm.state_hash()
+        await wait_for(same_hash, timeout_s=20, what="the re-synced replica's state hash to equal the leader's")
+        assert victim.node.status()["voting_disabled"] == 1, "it stays a non-voter until re-added"
     finally:
         await cluster.close()

@@ -161,3 +161,27 @@ class RaftSnapshotChunkRequest(Message):
 class RaftSnapshotChunkReply(Message):
     TYPE = MsgType.RAFT_SNAPSHOT_CHUNK_REPLY
     received_bytes: U64
+
+
+@register
+class RaftSnapshotFetchRequest(Message):
+    """A replica that must re-sync (its state hash diverged) fetches the leader's snapshot,
+    piece by piece; ``offset`` 0 asks for a fresh export."""
+
+    TYPE = MsgType.RAFT_SNAPSHOT_FETCH_REQUEST
+    offset: U64
+    max_bytes: Annotated[int, msgspec.Meta(ge=1, le=4 * MIB)] = 1 * MIB
+
+
+@register
+class RaftSnapshotFetchReply(Message):
+    """One piece of the exported snapshot (the payload); the last one (``done``) carries the
+    xxh3-64 of the whole file."""
+
+    TYPE = MsgType.RAFT_SNAPSHOT_FETCH_REPLY
+    MAX_PAYLOAD_BYTES = 4 * MIB
+    meta: SnapshotMeta
+    offset: U64
+    total_bytes: U64
+    done: bool = False
+    file_hash: Hash64 = 0

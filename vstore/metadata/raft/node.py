@@ -52,9 +52,10 @@ from vstore.metadata.raft.statemachine import LmdbStateMachine, StaleProposal, e
 from vstore.metadata.raft.storage import FatalStorageError, RaftLogStore
 from vstore.metadata.raft.types import (LogCompacted, LogUnavailable, NotLeaderError, ProposalDropped, RaftConfig,
                                         Ready, Role)
-from vstore.net import Auth, Limits, RequestContext, Router, RpcClient
+from vstore.net import Auth, Limits, Reply, RequestContext, Router, RpcClient
 from vstore.wire import Message
-from vstore.wire.raft import (EntryType, RaftMessage, RaftMsgType, RaftSnapshotChunkReply, RaftSnapshotChunkRequest)
+from vstore.wire.raft import (EntryType, RaftMessage, RaftMsgType, RaftSnapshotChunkReply, RaftSnapshotChunkRequest,
+                              RaftSnapshotFetchReply, RaftSnapshotFetchRequest, SnapshotMeta)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,10 @@ class RaftNode:
                       "messages_dropped": 0, "snapshots_sent": 0, "snapshots_installed": 0, "leader_changes": 0,
                       "state_checks": 0}
         self._entries_since_check = 0
+        self._resync_task: asyncio.Task[None] | None = None
+        #: peer -> (exported file, what it holds) for a re-syncing peer's fetches
+        self._exports: dict[str, tuple[Path, SnapshotMeta]] = {}
+        self.resyncs = 0
         (config.data_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         self._note_membership()
 
@@ -145,18 +150,25 @@ class RaftNode:
         mds_only = frozenset({"mds"})
         router.add(RaftMessage, self._on_raft_message, roles=mds_only)
         router.add(RaftSnapshotChunkRequest, self._on_snapshot_chunk, roles=mds_only)
+        router.add(RaftSnapshotFetchRequest, self._on_snapshot_fetch, roles=mds_only)
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._run(), name=f"raft-{self.id}"))
-        self._tasks.append(asyncio.create_task(self._ticker(), name=f"raft-tick-{self.id}"))
+        self._start_tasks()
+
+    def _start_tasks(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name=f"raft-{self.id}"),
+                       asyncio.create_task(self._ticker(), name=f"raft-tick-{self.id}")]
         self._wake.set()
 
     async def stop(self) -> None:
         """Stop the tasks, the peer links and the threads (reverse order of start)."""
         self._stopped = True
-        for task in list(self._snapshot_streams.values()) + self._tasks:
+        resync = [self._resync_task] if self._resync_task is not None else []
+        for task in list(self._snapshot_streams.values()) + self._tasks + resync:
             task.cancel()
-        await asyncio.gather(*self._snapshot_streams.values(), *self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._snapshot_streams.values(), *self._tasks, *resync, return_exceptions=True)
+        for file, _ in self._exports.values():
+            shutil.rmtree(file.parent, ignore_errors=True)
         for link in self._peers.values():
             await link.close()
         self._fail_all(ConnectionLost(f"raft node {self.id} stopped; outcome unknown"))
@@ -164,9 +176,19 @@ class RaftNode:
         self._snapshotter.shutdown(wait=True)
 
     async def wait_fatal(self) -> BaseException:
-        """Resolves if the node stops on a fatal error (the service then exits)."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        return self.fatal or asyncio.CancelledError()
+        """Resolves if the node stops on a fatal error (the service then exits). A re-sync
+        restarts the node's tasks; that is not a stop."""
+        while True:
+            tasks = list(self._tasks)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.fatal is not None or self._stopped:
+                return self.fatal or asyncio.CancelledError()
+            if self._resync_task is not None and not self._resync_task.done():
+                await asyncio.gather(self._resync_task, return_exceptions=True)
+                continue
+            if self._tasks and self._tasks != tasks:
+                continue
+            return self.fatal or asyncio.CancelledError()
 
     # ---- the API for the service ------------------------------------------------------------
 
@@ -403,6 +425,8 @@ class RaftNode:
                                                        "action": "voting disabled; remove and re-add this node"})
             self.log_store.disable_voting(f"state hash diverged at index {index}")
             self.core.disable_voting()
+            if self._resync_task is None:
+                self._resync_task = asyncio.create_task(self._resync(), name=f"raft-resync-{self.id}")
         every = self.config.state_check_every_entries
         if every and self.role is Role.LEADER:
             self._entries_since_check += applied_count
@@ -579,6 +603,119 @@ class RaftNode:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             self._put(("snapshot_done", m.to, ok))
+
+    # ---- re-sync after a state divergence -----------------------------------------------------------
+
+    async def _resync(self) -> None:
+        """Replace this replica's state machine with the leader's snapshot (RELIABILITY.md
+        §4.5). The log itself is not suspect (every entry is checksummed and matched by
+        Raft): what diverged is the state built from it. So: fetch a snapshot from the
+        leader, stop the Raft task, install the snapshot into the state machine and mark it
+        in the log, rebuild the core from storage (applied = the snapshot's index), start
+        again, and re-apply the log's entries after the snapshot. Voting stays disabled (an
+        operator removes and re-adds the node to give it back its vote)."""
+        workdir = self.config.data_dir / "snapshots"
+        target = workdir / "resync.mdb"
+        while True:
+            leader = self.leader_id
+            link = self._link(leader) if leader and leader != self.id else None
+            if link is None:
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                meta = await self._fetch_snapshot(link, target)
+                break
+            except (VStoreError, OSError) as exc:
+                log.warning("raft.resync_fetch_failed", extra={"node": self.id, "leader": leader, "error": str(exc)})
+                await asyncio.sleep(1.0)
+        try:
+            await self._swap_in(target, meta)
+        except (FatalStorageError, OSError) as exc:
+            self.fatal = exc
+            log.critical("raft.fatal", extra={"node": self.id, "error": f"re-sync failed: {exc}"})
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    async def _swap_in(self, target: Path, meta: SnapshotMeta) -> None:
+        loop = asyncio.get_running_loop()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_all(Unavailable(f"{self.id} is re-syncing its state from the leader; retry"))
+        # the writer thread serialises this after whatever persist or apply was under way
+        await loop.run_in_executor(self._writer, self.sm.install_snapshot, target, meta)
+        await loop.run_in_executor(self._writer, self.log_store.persist, Ready(snapshot=meta))
+        raft_config = dataclasses.replace(_with_applied(self.config.raft, meta.index), voting_disabled=True)
+        self.core = RaftCore(self.id, raft_config, self.log_store, random.Random(self._rng.random()))
+        self.role, self.leader_id = Role.FOLLOWER, None
+        self._proposals.clear()
+        self.resyncs += 1
+        log.warning("raft.resynced", extra={"node": self.id, "index": meta.index, "term": meta.term,
+                                            "action": "state replaced by the leader's snapshot; voting stays off"})
+        if not self._stopped:
+            self._start_tasks()
+
+    async def _fetch_snapshot(self, link: _PeerLink, target: Path) -> SnapshotMeta:
+        loop = asyncio.get_running_loop()
+        hasher = xxhash.xxh3_64()
+        offset = 0
+        with open(target, "wb") as fh:
+            while True:
+                reply = await link.client.call(RaftSnapshotFetchRequest(offset=offset,
+                                                                        max_bytes=self.config.snapshot_chunk_bytes),
+                                               deadline_s=self.config.peer_send_timeout_s * 4)
+                msg = reply.message
+                assert isinstance(msg, RaftSnapshotFetchReply)
+                if msg.offset != offset:
+                    raise Busy(f"snapshot piece at {msg.offset}, expected {offset}")
+                data = bytes(reply.payload)
+                await loop.run_in_executor(self._snapshotter, fh.write, data)
+                hasher.update(data)
+                offset += len(data)
+                if msg.done:
+                    break
+            await loop.run_in_executor(self._snapshotter, fh.flush)
+            await loop.run_in_executor(self._snapshotter, os.fsync, fh.fileno())
+        if offset != msg.total_bytes or hasher.intdigest() != msg.file_hash:
+            target.unlink(missing_ok=True)
+            raise Busy("the fetched snapshot failed its checksum")
+        return msg.meta
+
+    async def _on_snapshot_fetch(self, ctx: RequestContext, msg: Message, payload: bytes) -> Any:
+        assert isinstance(msg, RaftSnapshotFetchRequest)
+        if not self.is_leader:
+            raise self.not_leader_error()
+        loop = asyncio.get_running_loop()
+        peer = ctx.peer.node_id
+        if msg.offset == 0 or peer not in self._exports:
+            old = self._exports.pop(peer, None)
+            if old is not None:
+                shutil.rmtree(old[0].parent, ignore_errors=True)
+            workdir = self.config.data_dir / "snapshots" / f"fetch-{peer}"
+            self._exports[peer] = await loop.run_in_executor(self._snapshotter, self.sm.export_snapshot, workdir)
+        file, meta = self._exports[peer]
+
+        def read() -> tuple[bytes, int, int]:
+            total = file.stat().st_size
+            with open(file, "rb") as fh:
+                fh.seek(msg.offset)
+                data = fh.read(msg.max_bytes)
+                if msg.offset + len(data) < total:
+                    return data, total, 0
+                fh.seek(0)
+                hasher = xxhash.xxh3_64()
+                while block := fh.read(1 << 20):
+                    hasher.update(block)
+                return data, total, hasher.intdigest()
+
+        data, total, file_hash = await loop.run_in_executor(self._snapshotter, read)
+        done = msg.offset + len(data) >= total
+        if done:
+            self._exports.pop(peer, None)
+            shutil.rmtree(file.parent, ignore_errors=True)
+        return Reply(RaftSnapshotFetchReply(meta=meta, offset=msg.offset, total_bytes=total, done=done,
+                                            file_hash=file_hash), data)
 
     # ---- transport: receiving snapshots -------------------------------------------------------------
 
