@@ -82,15 +82,12 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path):
-    cluster = MdsInProcCluster(tmp_path, ("m1",), mds_extra=TIMERS, chunk_bytes=1 << 20)
-    cluster.start_all()
-    rig = Rig(cluster)
-    try:
-        await cluster.leader()
-        yield rig
-    finally:
-        await rig.close()
-        await cluster.close()
+    async with MdsInProcCluster(tmp_path, ("m1",), mds_extra=TIMERS, chunk_bytes=1 << 20).serving() as cluster:
+        rig = Rig(cluster)
+        try:
+            yield rig
+        finally:
+            await rig.close()
 
 
 def hosts_of(rig: Rig, replicas: tuple[int, ...]) -> list[str]:

@@ -23,24 +23,14 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 async def one(tmp_path: Path):
-    cluster = MdsInProcCluster(tmp_path, ("m1",), session_expire_s=2)
-    cluster.start_all()
-    try:
-        await cluster.leader()
+    async with MdsInProcCluster(tmp_path, ("m1",), session_expire_s=2).serving() as cluster:
         yield cluster
-    finally:
-        await cluster.close()
 
 
 @pytest.fixture
 async def three(tmp_path: Path):
-    cluster = MdsInProcCluster(tmp_path)
-    cluster.start_all()
-    try:
-        await cluster.leader()
+    async with MdsInProcCluster(tmp_path).serving() as cluster:
         yield cluster
-    finally:
-        await cluster.close()
 
 
 async def test_files_directories_and_links_behave_as_posix_says(one: MdsInProcCluster) -> None:

@@ -28,15 +28,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 async def mds(tmp_path: Path, request: pytest.FixtureRequest):
-    cluster = MdsProcCluster(tmp_path)
-    cluster.start_all()
-    try:
-        await cluster.leader()
+    async with MdsProcCluster(tmp_path).serving(dump_logs_if=lambda: call_failed(request.node)) as cluster:
         yield cluster
-    finally:
-        await cluster.close()
-        if call_failed(request.node):
-            print(cluster.group.dump_logs())
 
 
 class Workload:

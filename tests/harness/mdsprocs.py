@@ -8,9 +8,11 @@ serve -c CONFIG``, owned by PID through ProcessGroup (SIGKILL is a real crash).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from tests.harness.procs import ProcessGroup, free_port
@@ -134,9 +136,18 @@ session_expire_s = {session_expire_s}
         return await wait_for(same, timeout_s=timeout_s, what="equal applied index and state hash on every MDS",
                               interval_s=0.1)
 
-    async def wait_running(self) -> None:
-        await asyncio.sleep(0)
-        await self.leader()
+    @contextlib.asynccontextmanager
+    async def serving(self, *, dump_logs_if: Callable[[], bool] = lambda: False) -> AsyncIterator[MdsProcCluster]:
+        """Start every MDS, wait for a leader, and always clean up (printing every log when
+        ``dump_logs_if()`` says the test failed)."""
+        self.start_all()
+        try:
+            await self.leader()
+            yield self
+        finally:
+            await self.close()
+            if dump_logs_if() and self.group.procs:
+                print(self.group.dump_logs())
 
 
 class MdsInProcCluster(MdsProcCluster):
