@@ -99,7 +99,10 @@ class RaftLog:
         self.unstable = Unstable(last + 1)
         # A snapshot installed into the state machine may be ahead of the hard state's
         # commit (crash between the two writes): it was committed cluster-wide all the same.
-        self.committed = max(committed, first - 1)
+        # So may the applied index, because the shell does not fsync a hard state whose only
+        # change is the commit index (etcd's MustSync rule): whatever was applied had been
+        # committed.
+        self.committed = max(committed, first - 1, min(applied, last))
         assert self.committed <= last, f"commit {self.committed} beyond the last stored index {last}"
         assert applied <= self.committed, f"applied {applied} beyond commit {self.committed}"
         self.applied = max(applied, first - 1)

@@ -371,7 +371,7 @@ class RaftNode:
         if early:
             for m in rd.messages:
                 self._send(m)
-        if rd.must_sync:
+        if self._must_persist(rd):
             # <- await: the loop runs handlers and peer senders while the fsync happens
             await loop.run_in_executor(self._writer, self.log_store.persist, rd)
             self.stats["fsyncs"] += 1
@@ -438,6 +438,20 @@ class RaftNode:
                     self.stats["state_checks"] += 1
                 except (NotLeaderError, ProposalDropped):
                     pass
+
+    def _must_persist(self, rd: Ready) -> bool:
+        """Entries, a snapshot, or a new term or vote must be durable before anything that
+        depends on them is sent; a hard state whose only change is the commit index need
+        not be (etcd's MustSync): the commit index can always be learned again from the
+        leader, and on restart the applied index stands in for it (RaftLog). That saves one
+        fsync per commit on followers and on a leader at low load."""
+        if rd.entries or rd.snapshot is not None:
+            return True
+        hs = rd.hard_state
+        if hs is None:
+            return False
+        durable = self.log_store.hard_state
+        return (hs.term, hs.vote) != (durable.term, durable.vote)
 
     def _may_send_before_persist(self, rd: Ready) -> bool:
         """A leader may send its appends while it writes the same entries locally (thesis
