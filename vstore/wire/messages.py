@@ -114,6 +114,13 @@ class MsgType(enum.IntEnum):
     REGISTER_CS_REPLY = 192
     CHUNK_REPORT_REPLY = 193
     ORDERS_REPLY = 194
+    # chunk data: client <-> chunkserver, chunkserver <-> chunkserver (vstore/wire/cs.py)
+    WRITE_CHUNK = 200
+    WRITE_CHUNK_REPLY = 201
+    READ_CHUNK = 202
+    READ_CHUNK_REPLY = 203
+    FSYNC_CHUNK = 204
+    FSYNC_CHUNK_REPLY = 205
     # Raft (vstore/wire/raft.py)
     RAFT_MESSAGE = 300
     RAFT_SNAPSHOT_CHUNK_REQUEST = 301

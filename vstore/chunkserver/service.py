@@ -1,0 +1,164 @@
+"""A chunkserver's data path: chain-replicated writes, verified reads, fsync down the chain.
+
+What it owns: the handlers of vstore/wire/cs.py on top of one ``ChunkStore``. Every request
+is checked in this order before any disk work: the capability (issued by the MDS for this
+chunk and version; BAD_CAPABILITY), the chunk id (parsed by the chunk file layout; nothing
+else ever names a file), then the replica's own version (STALE_VERSION). Blocking disk work
+runs in the store's executor, never on the event loop.
+
+Chain writes: the local write and the forward to the next replica run concurrently; the
+answer goes back only when both are done, so an acknowledged write is on every replica of
+the chain. A failure names the chunkserver where it happened (``failed_cs`` in the error's
+details, set by the replica that saw it first), so the writer can ask the MDS to repair
+the chain without it. fsync goes down the chain the same way: acknowledged only once every
+replica has made the data durable; a failed fsync marks the local replica bad for good and
+is never reported as success (RELIABILITY.md §4.2).
+
+What it must not do: decide anything about placement or versions (the MDS does), or retry
+a failed fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+import xxhash
+
+from vstore.chunkserver.store import ChunkStore
+from vstore.errors import Exists, VStoreError
+from vstore.net import Auth, Reply, Router, RpcClient
+from vstore.net.rpc import RequestContext
+from vstore.wire import cs as w
+from vstore.wire.capability import verify_capability
+
+log = logging.getLogger(__name__)
+
+_DATA_ROLES = frozenset({"client", "cs"})
+
+
+class ChunkDataService:
+    def __init__(self, store: ChunkStore, *, cs_id: int, auth: Auth, capability_key: bytes,
+                 capability_skew_s: float = 30.0, forward_deadline_s: float = 30.0, disk_threads: int = 4) -> None:
+        self.store = store
+        self.cs_id = cs_id
+        self.auth = auth
+        self.capability_key = capability_key
+        self.capability_skew_s = capability_skew_s
+        self.forward_deadline_s = forward_deadline_s
+        self.executor = ThreadPoolExecutor(max_workers=disk_threads, thread_name_prefix=f"cs-disk-{cs_id}")
+        self._peers: dict[str, RpcClient] = {}
+        self.stats = {"writes": 0, "reads": 0, "fsyncs": 0, "bytes_written": 0, "bytes_read": 0, "refused": 0}
+
+    def register(self, router: Router) -> None:
+        router.add(w.WriteChunkRequest, self._write, roles=_DATA_ROLES)
+        router.add(w.ReadChunkRequest, self._read, roles=_DATA_ROLES)
+        router.add(w.FsyncChunkRequest, self._fsync, roles=_DATA_ROLES)
+
+    async def close(self) -> None:
+        for client in self._peers.values():
+            await client.close()
+        self._peers.clear()
+        self.executor.shutdown(wait=True)
+
+    # ---- helpers ------------------------------------------------------------------------------------
+
+    def _check(self, chunk_id: int, version: int, token: bytes, mode: str) -> None:
+        try:
+            verify_capability(self.capability_key, token, chunk_id=chunk_id, version=version, mode=mode,
+                              now_s=time.time(), skew_s=self.capability_skew_s)
+        except VStoreError:
+            self.stats["refused"] += 1
+            raise
+
+    async def _disk(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def _peer(self, address: str) -> RpcClient:
+        client = self._peers.get(address)
+        if client is None:
+            host, _, port = address.rpartition(":")
+            client = RpcClient((host.strip("[]"), int(port)), self.auth, expected_role="cs",
+                               default_deadline_s=self.forward_deadline_s, reconnect_backoff_s_max=0.5)
+            self._peers[address] = client
+        return client
+
+    async def _forward(self, request: Any, payload: bytes | memoryview, chain: tuple[w.ChainHop, ...]) -> Any:
+        """Send the request to the next hop with the rest of the chain. An error that names
+        no chunkserver (the hop is unreachable, or broke the connection) names the hop."""
+        hop = chain[0]
+        onward = msgspec.structs.replace(request, chain=chain[1:])
+        try:
+            reply = await self._peer(hop.address).call(onward, payload, deadline_s=self.forward_deadline_s)
+        except VStoreError as exc:
+            exc.details.setdefault("failed_cs", hop.cs_id)
+            raise
+        return reply.message
+
+    def _local_failure(self, exc: VStoreError) -> VStoreError:
+        exc.details.setdefault("failed_cs", self.cs_id)
+        return exc
+
+    # ---- handlers -----------------------------------------------------------------------------------
+
+    async def _write(self, ctx: RequestContext, m: w.WriteChunkRequest, payload: bytes) -> Any:
+        self._check(m.chunk_id, m.version, m.token, "rw")
+
+        async def local() -> None:
+            try:
+                if m.create:
+                    try:
+                        await self._disk(self.store.create, m.chunk_id, m.version, incomplete=False)
+                    except Exists:
+                        pass  # the replica is there already (a retried first write)
+                await self._disk(self.store.write, m.chunk_id, m.version, m.offset, payload,
+                                 client_checksums=list(m.checksums))
+            except VStoreError as exc:
+                raise self._local_failure(exc) from None
+
+        jobs = [local()]
+        if m.chain:
+            jobs.append(self._forward(m, payload, m.chain))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self.stats["writes"] += 1
+        self.stats["bytes_written"] += len(payload)
+        downstream = results[1].replicas if m.chain else 0  # type: ignore[union-attr]
+        return w.WriteChunkReply(replicas=1 + downstream)
+
+    async def _read(self, ctx: RequestContext, m: w.ReadChunkRequest, payload: bytes) -> Any:
+        self._check(m.chunk_id, m.version, m.token, "r")
+        data = await self._disk(self.store.read, m.chunk_id, m.version, m.offset, m.length)
+        self.stats["reads"] += 1
+        self.stats["bytes_read"] += len(data)
+        length = m.offset + len(data) if len(data) < m.length else 0
+        return Reply(w.ReadChunkReply(length_bytes=length, checksum=xxhash.xxh3_64_intdigest(data)), data)
+
+    async def _fsync(self, ctx: RequestContext, m: w.FsyncChunkRequest, payload: bytes) -> Any:
+        self._check(m.chunk_id, m.version, m.token, "rw")
+
+        async def local() -> None:
+            try:
+                await self._disk(self.store.fsync, m.chunk_id)
+            except VStoreError as exc:
+                log.error("cs.fsync_failed", extra={"chunk": m.chunk_id, "version": m.version, "cs_id": self.cs_id,
+                                                    "error": exc.message, "action": "replica marked bad"})
+                raise self._local_failure(exc) from None
+
+        jobs = [local()]
+        if m.chain:
+            jobs.append(self._forward(m, b"", m.chain))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self.stats["fsyncs"] += 1
+        downstream = results[1].replicas if m.chain else 0  # type: ignore[union-attr]
+        return w.FsyncChunkReply(replicas=1 + downstream)
