@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from tests.harness.procs import free_port
-from vstore.client.mds_link import MdsLink
+from vstore.net.leader import LeaderCaller
 from vstore.errors import VStoreError
 from vstore.net import Auth
 from vstore.net.dgram import DatagramChannel
@@ -55,7 +55,7 @@ class FakeChunkserver:
         self.joined = False
         self.orders_done: list[w.Order] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._link: MdsLink | None = None
+        self._link: LeaderCaller | None = None
         self._channel: DatagramChannel | None = None
 
     @property
@@ -64,13 +64,13 @@ class FakeChunkserver:
 
     async def start(self) -> None:
         auth = Auth(self.secret, Identity(self.cluster_id, self.node_id, "cs"))
-        self._link = MdsLink(self.mds, auth, deadline_s=30.0, attempt_deadline_s=3.0, lanes=1, host=self.host)
+        self._link = LeaderCaller(self.mds, auth, deadline_s=30.0, attempt_deadline_s=3.0)
         try:
             reply = await self._link.call(w.RegisterCsRequest(host=self.host, rack=self.rack, address=self.address,
                                                               capacity_bytes=self.capacity_bytes,
                                                               join=not self.joined))
         except BaseException:
-            await self._link.close(expire_session=False)
+            await self._link.close_connections()
             self._link = None
             raise
         assert isinstance(reply, w.RegisterCsReply)
@@ -91,7 +91,7 @@ class FakeChunkserver:
             self._channel.close()
             self._channel = None
         if self._link is not None:
-            await self._link.close(expire_session=False)
+            await self._link.close_connections()
             self._link = None
 
     # ---- what a writer does on the data path (the real one is a chain write) -------------------------

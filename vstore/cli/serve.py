@@ -1,4 +1,4 @@
-"""``vstore serve -c CONFIG``: run one node (an MDS now; a chunkserver with issue #5) in the foreground.
+"""``vstore serve -c CONFIG``: run one node (an MDS or a chunkserver) in the foreground.
 
 Logs go where the config's ``[log]`` section says. Exit codes: 0 after a clean stop
 (SIGTERM or Ctrl-C), 1 when the node stopped on a fatal error (a failed fsync, a full
@@ -11,7 +11,6 @@ import argparse
 import asyncio
 
 from vstore.config import load_config
-from vstore.errors import NotAvailable
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,12 +25,12 @@ def _serve(args: argparse.Namespace) -> int:
     from vstore.logs import setup_logging
     setup_logging(level=config.log.level, fmt=config.log.format, file=config.log.file or None, node=config.node.id,
                   role=config.node.role)
-    if config.node.role != "mds":
-        raise NotAvailable("'vstore serve' for a chunkserver arrives with issue #5 (chunkserver)")
-    return asyncio.run(_run_mds(config))
+    return asyncio.run(_run(config))
 
 
-async def _run_mds(config) -> int:  # type: ignore[no-untyped-def]
+async def _run(config) -> int:  # type: ignore[no-untyped-def]
+    if config.node.role == "cs":
+        from vstore.chunkserver.server import CsServer
+        return await CsServer(config).run()
     from vstore.metadata.server import MdsServer
-    server = MdsServer(config)
-    return await server.run()
+    return await MdsServer(config).run()

@@ -1,12 +1,8 @@
-"""The client's link to the metadata servers: leader discovery, redirects, retries, sessions.
+"""The client's link to the metadata servers: leader following, sessions, exactly-once lanes.
 
-``MdsLink`` is given any MDS addresses (one reachable MDS is enough: every MDS names the
-leader in its NotLeader reply) and keeps calling until a request succeeds, fails for good,
-or the overall deadline passes (default 60 s, then ``DeadlineExceeded``, which the FUSE
-edge turns into EIO). Retryable failures (vstore/wire/codes.py RETRYABLE_CODES: not the
-leader, unavailable, connection lost, busy, deadline of one attempt) are retried with
-jittered exponential backoff, logged louder as attempts grow; everything else is the
-answer and is raised as it is (s3ql's ``@retry`` is the model).
+Leader discovery, redirects and jittered retries up to the deadline (default 60 s, then
+``DeadlineExceeded``, which the FUSE edge turns into EIO) come from vstore/net/leader.py
+``LeaderCaller``; this module adds what a client needs on top.
 
 Exactly once. Mutations (vstore/wire/mds.py ``MdsMutation``) run on *lanes*: a session has
 up to ``lanes`` request streams, each with its own sequence number; a mutation takes a free
@@ -30,8 +26,9 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from vstore.errors import (Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable, VStoreError)
-from vstore.net import Auth, Limits, Reply, RpcClient
+from vstore.errors import VStoreError
+from vstore.net import Auth, Limits
+from vstore.net.leader import RETRYABLE, LeaderCaller
 from vstore.wire import Message
 from vstore.wire import mds as w
 
@@ -39,10 +36,7 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-RETRYABLE = (NotLeader, Unavailable, ConnectionLost, Busy, DeadlineExceeded)
-#: Retrying longer than this is worth a WARNING (someone should look): a leader election
-#: with the default timing takes 1-3 s.
-WARN_AFTER_S = 10.0
+__all__ = ["RETRYABLE", "MdsLink", "client_node_id"]
 
 
 class _Lane:
@@ -53,34 +47,23 @@ class _Lane:
         self.seq = 0
 
 
-class MdsLink:
+class MdsLink(LeaderCaller):
     def __init__(self, addresses: Sequence[tuple[str, int]], auth: Auth, *, deadline_s: float = 60.0,
                  attempt_deadline_s: float = 10.0, lanes: int = 64, limits: Limits = Limits(),
                  host: str | None = None, mountpoint: str = "", rng: random.Random | None = None,
                  backoff_s_max: float = 1.0) -> None:
-        if not addresses:
-            raise ValueError("MdsLink needs at least one MDS address")
+        super().__init__(addresses, auth, deadline_s=deadline_s, attempt_deadline_s=attempt_deadline_s,
+                         limits=limits, rng=rng, backoff_s_max=backoff_s_max)
         if not 1 <= lanes <= w.LANES_MAX:
             raise ValueError(f"lanes must be 1..{w.LANES_MAX}")
-        self.auth = auth
-        self.deadline_s = deadline_s
-        self.attempt_deadline_s = attempt_deadline_s
-        self.limits = limits
         self.host = host if host is not None else socket.gethostname()
         self.mountpoint = mountpoint
-        self.backoff_s_max = backoff_s_max
-        self._rng = rng or random.Random()
         self.session = secrets.token_bytes(16)
-        self._seeds = [f"{h}:{p}" for h, p in addresses]
-        self._clients: dict[str, RpcClient] = {}
-        self._leader: str | None = None
-        self._turn = 0
         self._free: asyncio.Queue[_Lane] = asyncio.Queue()
         for n in range(lanes):
             self._free.put_nowait(_Lane(f"{self.session.hex()}/{n}"))
         self._keepalive_task: asyncio.Task[None] | None = None
         self.expire_after_s: float = 30.0
-        self.stats = {"calls": 0, "retries": 0, "redirects": 0}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -101,9 +84,7 @@ class MdsLink:
                 await self.call(w.SessionCloseRequest(session=self.session), deadline_s=5.0)
             except VStoreError as exc:
                 log.info("client.session_close_failed", extra={"error": exc.message})
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self.close_connections()
 
     async def _keepalive_once(self) -> None:
         reply = await self.call(w.SessionKeepaliveRequest(session=self.session, host=self.host[:253],
@@ -120,74 +101,6 @@ class MdsLink:
                 log.warning("client.keepalive_failed", extra={"error": exc.message})
 
     # ---- calls -----------------------------------------------------------------------------------
-
-    @property
-    def leader(self) -> str | None:
-        return self._leader
-
-    def _client(self, address: str) -> RpcClient:
-        client = self._clients.get(address)
-        if client is None:
-            host, _, port = address.rpartition(":")
-            client = RpcClient((host.strip("[]"), int(port)), self.auth, expected_role="mds", limits=self.limits,
-                               default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5)
-            self._clients[address] = client
-        return client
-
-    def _target(self) -> str:
-        if self._leader is not None:
-            return self._leader
-        address = self._seeds[self._turn % len(self._seeds)]
-        self._turn += 1
-        return address
-
-    async def call(self, msg: Message, *, deadline_s: float | None = None) -> Message:
-        """Send ``msg`` to the leader, following redirects and retrying retryable errors
-        until ``deadline_s`` (default: the link's); returns the reply message."""
-        return (await self.call_reply(msg, deadline_s=deadline_s)).message
-
-    async def call_reply(self, msg: Message, payload: bytes = b"", *, deadline_s: float | None = None) -> Reply:
-        loop = asyncio.get_running_loop()
-        budget = self.deadline_s if deadline_s is None else deadline_s
-        deadline = loop.time() + budget
-        backoff = 0.02
-        attempt = 0
-        warned = False
-        self.stats["calls"] += 1
-        while True:
-            target = self._target()
-            attempt += 1
-            left = deadline - loop.time()
-            try:
-                reply = await self._client(target).call(msg, payload, deadline_s=max(0.05, min(
-                    self.attempt_deadline_s, left)))
-                self._leader = target
-                return reply
-            except NotLeader as exc:
-                hint = exc.leader
-                self._leader = hint if hint and hint != target else None
-                if hint and hint not in self._seeds:
-                    self._seeds.append(hint)
-                self.stats["redirects"] += 1
-                if self._leader is not None:
-                    continue  # straight to the named leader, no backoff
-            except RETRYABLE as exc:
-                self._leader = None
-                last = exc
-                # an election takes a second or two: quiet until the wait is longer than that
-                waited = budget - (deadline - loop.time())
-                loud = waited > WARN_AFTER_S
-                if attempt == 3 or (loud and not warned) or attempt % 100 == 0:
-                    warned = warned or loud
-                    log.log(logging.WARNING if loud else logging.INFO, "client.mds_retrying",
-                            extra={"request": type(msg).__name__, "attempt": attempt, "target": target,
-                                   "waited_s": round(waited, 1), "error": f"{type(last).__name__}: {last.message}"})
-            self.stats["retries"] += 1
-            if loop.time() + backoff > deadline:
-                raise DeadlineExceeded(f"{type(msg).__name__}: no MDS leader answered within {budget:g} s "
-                                       f"({attempt} attempts)")
-            await asyncio.sleep(backoff * (0.5 + self._rng.random()))
-            backoff = min(self.backoff_s_max, backoff * 2)
 
     async def mutate(self, make: Callable[[str, int], M], *, deadline_s: float | None = None) -> Message:
         """Run one mutation exactly once: ``make(lane, seq)`` builds the request (called once;

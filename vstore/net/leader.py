@@ -1,0 +1,124 @@
+"""Calls to "whichever metadata server leads": leader discovery, redirects, jittered retries.
+
+``LeaderCaller`` is given any MDS addresses (one reachable MDS is enough: every MDS names the
+leader in its NotLeader reply) and keeps calling until a request succeeds, fails for good,
+or the overall deadline passes (then ``DeadlineExceeded``). Retryable failures
+(vstore/wire/codes.py RETRYABLE_CODES: not the leader, unavailable, connection lost, busy,
+one attempt's deadline) are retried with jittered exponential backoff, logged louder as the
+wait grows; everything else is the answer and is raised as it is (s3ql's ``@retry``).
+
+Used by clients (vstore/client/mds_link.py adds sessions and exactly-once lanes) and by
+chunkservers (vstore/chunkserver/mds_link.py), which must not import each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+
+from vstore.errors import Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable
+from vstore.net.connection import Auth, Limits
+from vstore.net.rpc import Reply, RpcClient
+from vstore.wire import Message
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (NotLeader, Unavailable, ConnectionLost, Busy, DeadlineExceeded)
+#: Retrying longer than this is worth a WARNING (someone should look): a leader election
+#: with the default timing takes 1-3 s.
+WARN_AFTER_S = 10.0
+
+
+class LeaderCaller:
+    def __init__(self, addresses: Sequence[tuple[str, int]], auth: Auth, *, deadline_s: float = 60.0,
+                 attempt_deadline_s: float = 10.0, limits: Limits = Limits(), rng: random.Random | None = None,
+                 backoff_s_max: float = 1.0) -> None:
+        if not addresses:
+            raise ValueError("at least one MDS address is needed")
+        self.auth = auth
+        self.deadline_s = deadline_s
+        self.attempt_deadline_s = attempt_deadline_s
+        self.limits = limits
+        self.backoff_s_max = backoff_s_max
+        self._rng = rng or random.Random()
+        self._seeds = [f"{h}:{p}" for h, p in addresses]
+        self._clients: dict[str, RpcClient] = {}
+        self._leader: str | None = None
+        self._turn = 0
+        self.stats = {"calls": 0, "retries": 0, "redirects": 0}
+
+    async def close_connections(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    @property
+    def leader(self) -> str | None:
+        return self._leader
+
+    def _client(self, address: str) -> RpcClient:
+        client = self._clients.get(address)
+        if client is None:
+            host, _, port = address.rpartition(":")
+            client = RpcClient((host.strip("[]"), int(port)), self.auth, expected_role="mds", limits=self.limits,
+                               default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5)
+            self._clients[address] = client
+        return client
+
+    def _target(self) -> str:
+        if self._leader is not None:
+            return self._leader
+        address = self._seeds[self._turn % len(self._seeds)]
+        self._turn += 1
+        return address
+
+    async def call(self, msg: Message, *, deadline_s: float | None = None) -> Message:
+        """Send ``msg`` to the leader, following redirects and retrying retryable errors
+        until ``deadline_s`` (default: the link's); returns the reply message."""
+        return (await self.call_reply(msg, deadline_s=deadline_s)).message
+
+    async def call_reply(self, msg: Message, payload: bytes = b"", *, deadline_s: float | None = None) -> Reply:
+        loop = asyncio.get_running_loop()
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        deadline = loop.time() + budget
+        backoff = 0.02
+        attempt = 0
+        warned = False
+        self.stats["calls"] += 1
+        while True:
+            target = self._target()
+            attempt += 1
+            left = deadline - loop.time()
+            try:
+                reply = await self._client(target).call(msg, payload, deadline_s=max(0.05, min(
+                    self.attempt_deadline_s, left)))
+                self._leader = target
+                return reply
+            except NotLeader as exc:
+                hint = exc.leader
+                self._leader = hint if hint and hint != target else None
+                if hint and hint not in self._seeds:
+                    self._seeds.append(hint)
+                self.stats["redirects"] += 1
+                if self._leader is not None:
+                    continue  # straight to the named leader, no backoff
+            except RETRYABLE as exc:
+                self._leader = None
+                last = exc
+                # an election takes a second or two: quiet until the wait is longer than that
+                waited = budget - (deadline - loop.time())
+                loud = waited > WARN_AFTER_S
+                if attempt == 3 or (loud and not warned) or attempt % 100 == 0:
+                    warned = warned or loud
+                    log.log(logging.WARNING if loud else logging.INFO, "net.mds_retrying",
+                            extra={"request": type(msg).__name__, "attempt": attempt, "target": target,
+                                   "waited_s": round(waited, 1), "error": f"{type(last).__name__}: {last.message}"})
+            self.stats["retries"] += 1
+            if loop.time() + backoff > deadline:
+                raise DeadlineExceeded(f"{type(msg).__name__}: no MDS leader answered within {budget:g} s "
+                                       f"({attempt} attempts)")
+            await asyncio.sleep(backoff * (0.5 + self._rng.random()))
+            backoff = min(self.backoff_s_max, backoff * 2)
+
