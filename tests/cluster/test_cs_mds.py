@@ -16,8 +16,10 @@ import xxhash
 from tests.harness.mdsprocs import MdsInProcCluster
 from tests.harness.procs import free_port
 from tests.harness.wait import wait_for
+from vstore.chunkserver import chunkfile
 from vstore.chunkserver.server import CsServer
 from vstore.config import load_config
+from vstore.errors import ChecksumMismatch
 from vstore.metadata.fsm.schema import ROOT_INODE
 from vstore.net import RpcClient
 from vstore.wire import cs as wcs
@@ -100,15 +102,10 @@ def pieces(offset: int, data: bytes) -> tuple[int, ...]:
     return tuple(out)
 
 
-async def test_a_file_written_through_the_chain_is_rebuilt_by_a_real_copy_after_a_chunkserver_dies(
-        rig, expect_log) -> None:
-    expect_log("cs.failed", 0)
-    cluster, servers = rig
-    for n in range(1, 5):
-        await servers.start(f"cs-{n}")
-    link = await cluster.link()
+async def write_file(cluster, link, name: bytes, data: bytes):  # type: ignore[no-untyped-def]
+    """What a client does for one chunk: create, allocate, chain write, fsync, report."""
     auth = cluster.auth("writer")
-    f = await link.create(ROOT_INODE, b"disk.img")
+    f = await link.create(ROOT_INODE, name)
     reply = await link.mutate(lambda lane, seq: w.AllocChunkRequest(uid=0, gid=0, lane=lane, seq=seq, inode=f.inode,
                                                                     index=0))
     assert isinstance(reply, w.ChunkReply)
@@ -116,7 +113,6 @@ async def test_a_file_written_through_the_chain_is_rebuilt_by_a_real_copy_after_
     assert len(chunk.replicas) == 3 and len({r.host for r in chunk.replicas}) == 3
     head_host, head_port = chunk.replicas[0].address.rsplit(":", 1)
     head = RpcClient((head_host, int(head_port)), auth, expected_role="cs")
-    data = os.urandom(700_000)
     chain = tuple(wcs.ChainHop(cs_id=r.cs_id, address=r.address) for r in chunk.replicas[1:])
     try:
         written = await head.call(wcs.WriteChunkRequest(chunk_id=chunk.chunk_id, version=chunk.version, offset=0,
@@ -131,29 +127,90 @@ async def test_a_file_written_through_the_chain_is_rebuilt_by_a_real_copy_after_
     await link.mutate(lambda lane, seq: w.WriteDoneRequest(
         uid=0, gid=0, lane=lane, seq=seq, inode=f.inode, size=len(data), mtime_ns=1,
         chunks=(w.WrittenChunk(index=0, length_bytes=len(data)),), release=True))
+    return f.inode, chunk
 
-    async def read_all(replicas: tuple[w.ReplicaAddress, ...], token: bytes, version: int) -> list[bytes]:
-        out = []
-        for replica in replicas:
-            host, port = replica.address.rsplit(":", 1)
-            client = RpcClient((host, int(port)), auth, expected_role="cs")
-            try:
-                got = await client.call(wcs.ReadChunkRequest(chunk_id=chunk.chunk_id, version=version, offset=0,
-                                                             length=len(data), token=token))
-                out.append(bytes(got.payload))
-            finally:
-                await client.close()
-        return out
 
-    assert await read_all(chunk.replicas, chunk.token, chunk.version) == [data] * 3
+async def read_all(cluster, info: w.ChunkInfo, length: int) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """The chunk's bytes from every replica the map lists (a failure is raised)."""
+    out = []
+    for replica in info.replicas:
+        host, port = replica.address.rsplit(":", 1)
+        client = RpcClient((host, int(port)), cluster.auth("reader"), expected_role="cs")
+        try:
+            got = await client.call(wcs.ReadChunkRequest(chunk_id=info.chunk_id, version=info.version, offset=0,
+                                                         length=length, token=info.token))
+            out.append(bytes(got.payload))
+        finally:
+            await client.close()
+    return out
+
+
+async def chunk_map(link, inode: int) -> w.ChunkInfo:  # type: ignore[no-untyped-def]
+    got = await link.call(w.ChunkMapRequest(uid=0, gid=0, inode=inode, first_index=0, count=1))
+    assert isinstance(got, w.ChunkMapReply)
+    return got.chunks[0]
+
+
+async def test_a_file_written_through_the_chain_is_rebuilt_by_a_real_copy_after_a_chunkserver_dies(
+        rig, expect_log) -> None:
+    expect_log("cs.failed", 0)
+    cluster, servers = rig
+    for n in range(1, 5):
+        await servers.start(f"cs-{n}")
+    link = await cluster.link()
+    data = os.urandom(700_000)
+    inode, chunk = await write_file(cluster, link, b"disk.img", data)
+    assert await read_all(cluster, await chunk_map(link, inode), len(data)) == [data] * 3
     victim = next(n for n, (s, _, _) in servers.running.items() if s.cs_id == chunk.replicas[1].cs_id)
     await servers.stop(victim)
 
     async def rebuilt() -> w.ChunkInfo | None:
-        got = await link.call(w.ChunkMapRequest(uid=0, gid=0, inode=f.inode, first_index=0, count=1))
-        assert isinstance(got, w.ChunkMapReply)
-        info = got.chunks[0]
+        info = await chunk_map(link, inode)
         ids = {r.cs_id for r in info.replicas}
         return info if len(ids) == 3 and chunk.replicas[1].cs_id not in ids else None
     info = await wait_for(rebuilt, timeout_s=40, what="the chunk rebuilt on another chunkserver")
-    assert await read_all(info.replicas, info.token, info.version) == [data] * 3, "every replica, the copy too"
+    assert await read_all(cluster, info, len(data)) == [data] * 3, "every replica, the copy too"
+
+
+def flip_a_bit(server: CsServer, chunk_id: int, at: int) -> None:
+    path = server.data_dir / "chunks" / chunkfile.chunk_file_name(chunk_id)
+    with open(path, "r+b") as fh:
+        header = chunkfile.decode_header(fh.read(chunkfile.HEADER_BYTES))
+        fh.seek(header.data_offset + at)
+        byte = fh.read(1)
+        fh.seek(header.data_offset + at)
+        fh.write(bytes([byte[0] ^ 0x04]))
+
+
+@pytest.mark.parametrize("found_by", ["read", "scrub"])
+async def test_a_flipped_bit_is_reported_the_replica_replaced_and_never_served(rig, expect_log, found_by) -> None:
+    expect_log("chunk.damaged")
+    expect_log("cs.store.replica_damaged")
+    expect_log("cs.scrub_damage", 1 if found_by == "scrub" else 0)
+    cluster, servers = rig
+    for n in range(1, 5):
+        await servers.start(f"cs-{n}")
+    link = await cluster.link()
+    data = os.urandom(200_000)
+    inode, chunk = await write_file(cluster, link, b"f", data)
+    bad_id = chunk.replicas[0].cs_id
+    bad = next(s for s, _, _ in servers.running.values() if s.cs_id == bad_id)
+    flip_a_bit(bad, chunk.chunk_id, 123_456)
+    if found_by == "read":
+        with pytest.raises(ChecksumMismatch):
+            await read_all(cluster, await chunk_map(link, inode), len(data))
+    else:
+        assert bad.scrubber is not None and await bad.scrubber.one_pass() == 1
+
+    async def replaced() -> bool:
+        # the bad copy is dropped at once, deleted, and a verified copy made (possibly on the
+        # same chunkserver once its bad copy is gone); until then reads of it fail
+        info = await chunk_map(link, inode)
+        if len({r.cs_id for r in info.replicas}) != 3:
+            return False
+        try:
+            return await read_all(cluster, info, len(data)) == [data] * 3
+        except ChecksumMismatch:
+            return False
+    await wait_for(replaced, timeout_s=40, what="the damaged replica replaced by a verified copy")
+    assert bad.data is not None and bad.link is not None

@@ -57,11 +57,12 @@ async def register(mds: Sequence[tuple[str, int]], auth: Auth, *, host: str, rac
 
 
 class CsMdsLink:
-    def __init__(self, store: ChunkStore, data: ChunkDataService, *, node_id: str, host: str,
+    def __init__(self, store: ChunkStore, data: ChunkDataService, *, cs_id: int, node_id: str, host: str,
                  mds: Sequence[tuple[str, int]], auth: Auth, datagram_key: bytes,
                  heartbeat_interval_s: float = 1.0, poll_wait_ms: int = 1000) -> None:
         self.store = store
         self.data = data
+        self.cs_id = cs_id
         self.node_id = node_id
         self.host = host
         self.mds = list(mds)
@@ -95,6 +96,14 @@ class CsMdsLink:
 
     async def _disk(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.data._disk(fn, *args, **kwargs)
+
+    async def report_damage(self, chunk_id: int, version: int, reason: str) -> None:
+        """Tell the leader a replica here failed its checksums (a read or the scrubber)."""
+        try:
+            await self._link.call(w.ReportDamageRequest(chunk_id=chunk_id, version=version, cs_id=self.cs_id,
+                                                        reason=reason[:256]), deadline_s=10.0)
+        except VStoreError as exc:
+            log.warning("cs.damage_report_failed", extra={"chunk": chunk_id, "error": exc.message})
 
     # ---- heartbeats ------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vstore.chunkserver.chunkfile import VERSION_MAX
 from vstore.chunkserver.mds_link import CsMdsLink, register
+from vstore.chunkserver.scrubber import Scrubber
 from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import ChunkStore
 from vstore.config import NodeConfig
@@ -60,6 +61,7 @@ class CsServer:
         self.link: CsMdsLink | None = None
         self.server: RpcServer | None = None
         self.cs_id: int | None = None
+        self.scrubber: Scrubber | None = None
 
     async def run(self, stop: asyncio.Event | None = None, *, handle_signals: bool = True) -> int:
         stop = stop or asyncio.Event()
@@ -106,14 +108,21 @@ class CsServer:
             await self.data.close()
             self.store.close()
             raise UsageError(f"cannot listen on {listen}: {exc.strerror}") from None
-        self.link = CsMdsLink(self.store, self.data, node_id=self.config.node.id, host=self.host, mds=self.mds,
+        self.link = CsMdsLink(self.store, self.data, cs_id=self.cs_id, node_id=self.config.node.id, host=self.host,
+                              mds=self.mds,
                               auth=self.auth, datagram_key=datagram_key(self.secret, self.config.cluster.id),
                               heartbeat_interval_s=cs.heartbeat_interval_ms / 1000)
+        self.data.on_damage = self.link.report_damage
+        self.scrubber = Scrubber(self.store, self.data._disk, rate_bytes_per_s=cs.scrub_rate_bytes_per_s,
+                                 on_damage=self.link.report_damage)
+        scrubbing = asyncio.ensure_future(self.scrubber.run())
         try:
             await self.link.start()
             log.info("cs.started", extra={"cs_id": self.cs_id, "listen": str(listen), "pid": os.getpid()})
             await stop.wait()
         finally:
+            scrubbing.cancel()
+            await asyncio.gather(scrubbing, return_exceptions=True)
             await self.link.stop()
             await self.server.close()
             await self.data.close()

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -33,6 +34,7 @@ from vstore.chunkserver.store import ChunkStore
 from vstore.errors import Exists, VStoreError
 from vstore.net import Auth, Reply, Router, RpcClient
 from vstore.net.rpc import RequestContext
+from vstore.wire import ErrorCode
 from vstore.wire import cs as w
 from vstore.wire.capability import verify_capability
 
@@ -52,6 +54,9 @@ class ChunkDataService:
         self.forward_deadline_s = forward_deadline_s
         self.executor = ThreadPoolExecutor(max_workers=disk_threads, thread_name_prefix=f"cs-disk-{cs_id}")
         self._peers: dict[str, RpcClient] = {}
+        #: called (not awaited) when a read finds a replica here damaged: the MDS is told
+        self.on_damage: Callable[[int, int, str], Awaitable[None]] | None = None
+        self._reports: set[asyncio.Task[None]] = set()
         self.stats = {"writes": 0, "reads": 0, "fsyncs": 0, "bytes_written": 0, "bytes_read": 0, "refused": 0}
 
     def register(self, router: Router) -> None:
@@ -60,6 +65,7 @@ class ChunkDataService:
         router.add(w.FsyncChunkRequest, self._fsync, roles=_DATA_ROLES)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._reports, return_exceptions=True)
         for client in self._peers.values():
             await client.close()
         self._peers.clear()
@@ -135,7 +141,14 @@ class ChunkDataService:
 
     async def _read(self, ctx: RequestContext, m: w.ReadChunkRequest, payload: bytes) -> Any:
         self._check(m.chunk_id, m.version, m.token, "r")
-        data = await self._disk(self.store.read, m.chunk_id, m.version, m.offset, m.length)
+        try:
+            data = await self._disk(self.store.read, m.chunk_id, m.version, m.offset, m.length)
+        except VStoreError as exc:
+            if exc.code == ErrorCode.CHECKSUM_MISMATCH and self.on_damage is not None:
+                task = asyncio.ensure_future(self.on_damage(m.chunk_id, m.version, exc.message))
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
+            raise
         self.stats["reads"] += 1
         self.stats["bytes_read"] += len(data)
         length = m.offset + len(data) if len(data) < m.length else 0
