@@ -30,6 +30,7 @@ bench: install
 	$(PY) bench/rpc.py
 	$(PY) bench/raft.py
 	$(PY) bench/metadata.py
+	$(PY) bench/chunkserver.py
 
 # thousands of seeds per Raft simulator scenario (the default suite runs a few hundred)
 soak: install

@@ -82,6 +82,12 @@ reserve_bytes = 0
         for name in list(self.running):
             await self.stop(name)
 
+    async def online(self, count: int) -> None:
+        async def seen() -> bool:
+            status = await self.cluster.status(self.cluster.ids[0])
+            return status is not None and status.chunks.get("cs_online") == count
+        await wait_for(seen, timeout_s=30, what=f"{count} chunkservers online at the MDS")
+
 
 @pytest.fixture
 async def rig(tmp_path: Path):
@@ -157,6 +163,7 @@ async def test_a_file_written_through_the_chain_is_rebuilt_by_a_real_copy_after_
     cluster, servers = rig
     for n in range(1, 5):
         await servers.start(f"cs-{n}")
+    await servers.online(4)
     link = await cluster.link()
     data = os.urandom(700_000)
     inode, chunk = await write_file(cluster, link, b"disk.img", data)
@@ -190,6 +197,7 @@ async def test_a_flipped_bit_is_reported_the_replica_replaced_and_never_served(r
     cluster, servers = rig
     for n in range(1, 5):
         await servers.start(f"cs-{n}")
+    await servers.online(4)
     link = await cluster.link()
     data = os.urandom(200_000)
     inode, chunk = await write_file(cluster, link, b"f", data)

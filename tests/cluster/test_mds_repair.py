@@ -58,6 +58,12 @@ class Rig:
                          release: bool = True, chunk_len: int = 1024) -> int:
         """What a client does: create, allocate each chunk, put the bytes on every replica of
         the chain, report the write."""
+        running = sum(1 for fake in self.cs.values() if fake.running)
+
+        async def online() -> bool:  # placement sees a chunkserver once its heartbeat arrived
+            status = await self.cluster.status(self.cluster.ids[0])
+            return status is not None and status.chunks.get("cs_online") == running
+        await wait_for(online, timeout_s=20, what=f"{running} chunkservers online at the MDS")
         f = await link.create(ROOT_INODE, name)
         by_id = self.by_id()
         for index in range(chunk_count):

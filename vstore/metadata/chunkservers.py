@@ -675,9 +675,12 @@ class ChunkserverManager:
 
     def summary(self) -> dict[str, int]:
         """Flat counters for status replies: safe mode and storm brake (0/1), lost chunks,
-        the repair backlog by urgency (``backlog_<urgency>``), orders in flight, the stats."""
+        chunkservers registered and online, the repair backlog by urgency
+        (``backlog_<urgency>``), orders in flight, the stats."""
         plan = self.last_plan
+        servers = self.view()
         out = {"safe_mode": int(self.safe_mode), "storm_brake": int(plan.storm_brake), "lost": len(plan.lost),
-               "orders_in_flight": len(self._inflight), **self.stats}
+               "orders_in_flight": len(self._inflight), "cs_total": len(servers),
+               "cs_online": sum(1 for cs in servers if cs.status is CsStatus.ONLINE), **self.stats}
         out.update({f"backlog_{u.name.lower()}": n for u, n in plan.backlog.items()})
         return out

@@ -552,8 +552,10 @@ class MetadataService:
         placement = place_replicas(servers, policy.replicas, writer_host=m.writer_host or None)
         if len(placement.servers) < policy.min:
             usable = sum(1 for cs in servers if cs.accepts_new_replicas())
+            states = ", ".join(f"cs {cs.cs_id} {cs.status.value} {cs.used_ratio:.0%} full on {cs.host or '?'}"
+                               for cs in servers[:16])
             raise NoChunkservers(f"policy {policy} needs {policy.min} chunkservers on distinct hosts; "
-                                 f"{usable} can take new chunks now")
+                                 f"{usable} can take new chunks now ({states or 'none registered'})")
         try:
             value = await self._mutate(m, lambda now: ns.AllocChunk(
                 uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode, index=m.index, chunk_id=self.alloc_chunk_id(),
