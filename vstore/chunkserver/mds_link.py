@@ -28,7 +28,7 @@ from typing import Any
 import xxhash
 
 from vstore.chunkserver.service import ChunkDataService
-from vstore.chunkserver.store import ChunkStore
+from vstore.chunkserver.store import FULL_RATIO, NEARFULL_RATIO, ChunkStore
 from vstore.errors import ChecksumMismatch, Exists, VStoreError
 from vstore.net import Auth, RpcClient
 from vstore.net.leader import LeaderCaller
@@ -74,6 +74,7 @@ class CsMdsLink:
         self._channel: DatagramChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._peers: dict[str, RpcClient] = {}
+        self._fill_level = 0
         self.stats = {"orders": 0, "orders_failed": 0, "copies": 0, "copied_bytes": 0, "deletes": 0, "reports": 0}
 
     async def start(self) -> None:
@@ -113,6 +114,7 @@ class CsMdsLink:
             try:
                 total, used, free = await self._disk(self.store.usage)
                 chunks = len(await self._disk(self.store.list_chunks))
+                self._note_fill(used / total if total else 1.0)
                 beat = Heartbeat(node_id=self.node_id, role="cs",
                                  gauges={"capacity_bytes": total, "used_bytes": used, "free_bytes": free,
                                          "chunks": chunks})
@@ -122,6 +124,19 @@ class CsMdsLink:
             except VStoreError as exc:
                 log.warning("cs.heartbeat_failed", extra={"error": exc.message})
             await asyncio.sleep(self.heartbeat_interval_s)
+
+    def _note_fill(self, ratio: float) -> None:
+        """Warn once when the disk crosses 85 % (nearfull), once more at 95 % (full: new
+        chunks are refused), and say when it is back below (RELIABILITY.md F9)."""
+        level = 2 if ratio >= FULL_RATIO else 1 if ratio >= NEARFULL_RATIO else 0
+        if level != self._fill_level:
+            if level:
+                log.warning("cs.disk_full" if level == 2 else "cs.disk_nearfull",
+                            extra={"cs_id": self.cs_id, "used_percent": round(ratio * 100, 1),
+                                   "action": "new chunks refused" if level == 2 else "free space or add disks"})
+            else:
+                log.info("cs.disk_ok", extra={"cs_id": self.cs_id, "used_percent": round(ratio * 100, 1)})
+            self._fill_level = level
 
     # ---- orders ------------------------------------------------------------------------------------------
 
