@@ -70,6 +70,7 @@ from vstore.chunkserver.service import ChunkDataService  # noqa: E402
 from vstore.chunkserver.store import ChunkStore  # noqa: E402
 from vstore.net import Auth, Router, RpcClient, RpcServer  # noqa: E402
 from vstore.wire import Identity  # noqa: E402
+from vstore.wire.cs import piece_checksums  # noqa: E402
 from vstore.wire import cs as w  # noqa: E402
 from vstore.wire.capability import capability_key, issue_capability  # noqa: E402
 
@@ -251,12 +252,7 @@ def drop_caches() -> bool:
 
 def pieces(offset: int, data: bytes | memoryview) -> tuple[int, ...]:
     """The client's end-to-end checksums: xxh3 of the payload cut at block boundaries."""
-    out, pos = [], 0
-    while pos < len(data):
-        end = min(len(data), pos + BLOCK - (offset + pos) % BLOCK)
-        out.append(xxhash.xxh3_64_intdigest(data[pos:end]))
-        pos = end
-    return tuple(out)
+    return piece_checksums(offset, data, BLOCK)
 
 
 def seq_layout(total_bytes: int) -> list[tuple[int, int]]:

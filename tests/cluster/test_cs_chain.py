@@ -70,13 +70,8 @@ async def chain(tmp_path: Path):
 
 
 def pieces(offset: int, data: bytes) -> tuple[int, ...]:
-    """The client's end-to-end checksums: xxh3 of the payload cut at block boundaries."""
-    out, pos = [], 0
-    while pos < len(data):
-        end = min(len(data), pos + BLOCK - (offset + pos) % BLOCK)
-        out.append(xxhash.xxh3_64_intdigest(data[pos:end]))
-        pos = end
-    return tuple(out)
+    """The client's end-to-end checksums of a write."""
+    return w.piece_checksums(offset, data, BLOCK)
 
 
 def token(key: bytes, chunk_id: int, version: int, mode: str = "rw") -> bytes:

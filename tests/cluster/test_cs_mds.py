@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from tests.harness.mdsprocs import MdsInProcCluster
 from tests.harness.procs import free_port
@@ -107,12 +106,8 @@ async def rig(tmp_path: Path):
 
 
 def pieces(offset: int, data: bytes) -> tuple[int, ...]:
-    out, pos = [], 0
-    while pos < len(data):
-        end = min(len(data), pos + BLOCK - (offset + pos) % BLOCK)
-        out.append(xxhash.xxh3_64_intdigest(data[pos:end]))
-        pos = end
-    return tuple(out)
+    """The client's end-to-end checksums of a write."""
+    return wcs.piece_checksums(offset, data, BLOCK)
 
 
 async def write_file(cluster, link, name: bytes, data: bytes):  # type: ignore[no-untyped-def]

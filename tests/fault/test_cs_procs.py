@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from tests.conftest import call_failed
 from tests.harness.mdsprocs import MdsProcCluster
@@ -27,12 +26,8 @@ BLOCK = 4096
 
 
 def pieces(offset: int, data: bytes) -> tuple[int, ...]:
-    out, pos = [], 0
-    while pos < len(data):
-        end = min(len(data), pos + BLOCK - (offset + pos) % BLOCK)
-        out.append(xxhash.xxh3_64_intdigest(data[pos:end]))
-        pos = end
-    return tuple(out)
+    """The client's end-to-end checksums of a write."""
+    return wcs.piece_checksums(offset, data, BLOCK)
 
 
 def cs_config(cluster: MdsProcCluster, name: str) -> Path:

@@ -228,9 +228,8 @@ class CsMdsLink:
             if xxhash.xxh3_64_intdigest(data) != msg.checksum:
                 raise ChecksumMismatch(f"chunk {order.chunk_id}: copy piece at {offset} damaged in transit")
             if data:
-                pieces = [xxhash.xxh3_64_intdigest(data[i:i + block]) for i in range(0, len(data), block)]
                 await self._disk(self.store.write, order.chunk_id, order.version, offset, data,
-                                 client_checksums=pieces)
+                                 client_checksums=list(wcs.piece_checksums(offset, data, block)))
                 offset += len(data)
             if len(data) < want:
                 break

@@ -23,26 +23,13 @@ from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import ChunkStore
 from vstore.config import NodeConfig
 from vstore.errors import UsageError
-from vstore.net import Auth, Router, RpcServer
+from vstore.net import Auth, Router, RpcServer, read_secret_file
 from vstore.wire import FrameAuth, Identity, datagram_key
 from vstore.wire.capability import capability_key
-from vstore.wire.handshake import SECRET_BYTES
 
 log = logging.getLogger(__name__)
 
 CS_ID_MARKER = "cs-id"
-
-
-def _secret(path: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the cluster secret {path}: {exc.strerror}") from None
-    if os.stat(path).st_mode & 0o077:
-        raise UsageError(f"cluster secret {path} is readable by others; chmod 600 it")
-    if len(data) != SECRET_BYTES:
-        raise UsageError(f"cluster secret {path} holds {len(data)} bytes, expected {SECRET_BYTES}")
-    return data
 
 
 class CsServer:
@@ -51,7 +38,7 @@ class CsServer:
             raise UsageError(f"node {config.node.id} has role {config.node.role!r}, not cs")
         self.config = config
         self.data_dir = Path(config.node.data_dir)
-        self.secret = _secret(config.cluster.secret_file)
+        self.secret = read_secret_file(config.cluster.secret_file)
         self.auth = Auth(self.secret, Identity(config.cluster.id, config.node.id, "cs"),
                          frame_auth=FrameAuth(config.net.frame_auth))
         self.host = config.node.host or socket.gethostname()

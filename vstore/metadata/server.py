@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import stat
 from pathlib import Path
 
 from vstore.config import NodeConfig
@@ -27,31 +26,15 @@ from vstore.metadata.raft.storage import RaftLogStore
 from vstore.metadata.raft.types import RaftConfig
 from vstore.metadata.chunkservers import ChunkserverManager
 from vstore.metadata.service import MetadataService
-from vstore.net import Auth, Limits, Router, RpcServer
+from vstore.net import Auth, Limits, Router, RpcServer, read_secret_file
 from vstore.net.dgram import DatagramChannel
 from vstore.wire import FrameAuth, Identity, datagram_key
 from vstore.wire.capability import capability_key
-from vstore.wire.handshake import SECRET_BYTES
 
 log = logging.getLogger(__name__)
 
 #: Roles allowed to connect to an MDS: its Raft peers, clients, chunkservers, admin tools.
 MDS_PEER_ROLES = frozenset({"mds", "client", "cs", "admin"})
-
-
-def read_secret(path: str) -> bytes:
-    """The cluster secret file: exactly SECRET_BYTES bytes, readable by its owner only."""
-    try:
-        st = os.stat(path)
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read the cluster secret {path}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UsageError(f"cluster secret {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                         f"chmod 600 it")
-    if len(data) != SECRET_BYTES:
-        raise UsageError(f"cluster secret {path} holds {len(data)} bytes, expected {SECRET_BYTES}")
-    return data
 
 
 def limits_of(config: NodeConfig) -> Limits:
@@ -66,7 +49,7 @@ class MdsServer:
             raise UsageError(f"node {config.node.id} has role {config.node.role!r}, not mds")
         self.config = config
         self.data_dir = Path(config.node.data_dir)
-        secret = read_secret(config.cluster.secret_file)
+        secret = read_secret_file(config.cluster.secret_file)
         self.auth = Auth(secret, Identity(config.cluster.id, config.node.id, "mds"),
                          frame_auth=FrameAuth(config.net.frame_auth))
         if not (raft_dir(self.data_dir) / "data.mdb").exists():

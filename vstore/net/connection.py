@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from vstore.errors import AuthFailed, ConnectionLost, DeadlineExceeded, RemoteProtocolError, VStoreError, from_wire, to_wire
+from vstore.errors import (AuthFailed, ConnectionLost, DeadlineExceeded, RemoteProtocolError, UsageError, VStoreError,
+                           from_wire, to_wire)
 from vstore.wire import (ClientHandshake, ErrorReply, Frame, FrameAuth, FrameDecoder, FrameMac, Identity, Message,
                          ServerHandshake, Session, encode_frame)
 from vstore.wire.frames import FLAG_REPLY
+from vstore.wire.handshake import SECRET_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,22 @@ class Auth:
     secret: bytes
     identity: Identity
     frame_auth: FrameAuth = FrameAuth.HMAC
+
+
+def read_secret_file(path: str) -> bytes:
+    """The cluster secret: exactly SECRET_BYTES bytes in a file only its owner may read.
+    Raises UsageError (one line: the file and what is wrong) otherwise."""
+    try:
+        st = os.stat(path)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the cluster secret {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(f"cluster secret {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                         f"chmod 600 it")
+    if len(data) != SECRET_BYTES:
+        raise UsageError(f"cluster secret {path} holds {len(data)} bytes, expected {SECRET_BYTES}")
+    return data
 
 
 class Connection(asyncio.Protocol):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+import xxhash
 
 from vstore.wire.messages import MIB, U8, U32, U64, Message, MsgType, register
 from vstore.wire.raft import Hash64
@@ -32,6 +33,19 @@ CHUNK_IO_BYTES_MAX = 16 * MIB
 CHECKSUMS_MAX = CHUNK_IO_BYTES_MAX // 512 + 2
 
 Token = Annotated[bytes, msgspec.Meta(max_length=128)]
+
+
+def piece_checksums(offset: int, data: bytes | bytearray | memoryview, block_bytes: int) -> tuple[int, ...]:
+    """The end-to-end checksums of a write: the xxh3-64 of each piece of ``data`` cut at the
+    chunk's block boundaries, the first piece running from ``offset`` to the next boundary."""
+    out = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        end = min(len(view), pos + block_bytes - (offset + pos) % block_bytes)
+        out.append(xxhash.xxh3_64_intdigest(view[pos:end]))
+        pos = end
+    return tuple(out)
 AddressText = Annotated[str, msgspec.Meta(min_length=3, max_length=300)]
 
 
@@ -108,5 +122,5 @@ class FsyncChunkReply(Message):
     length_bytes: U64 = 0
 
 
-__all__ = ["ChainHop", "CHUNK_IO_BYTES_MAX", "FsyncChunkReply", "FsyncChunkRequest", "ReadChunkReply",
+__all__ = ["piece_checksums", "ChainHop", "CHUNK_IO_BYTES_MAX", "FsyncChunkReply", "FsyncChunkRequest", "ReadChunkReply",
            "ReadChunkRequest", "WriteChunkReply", "WriteChunkRequest"]
