@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import os
@@ -65,6 +64,8 @@ import xxhash
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.provenance import code_version, filesystem_of, proc_cpu_s, system_busy_s, top_frames  # noqa: E402,E501
 
 from vstore.chunkserver.service import ChunkDataService  # noqa: E402
 from vstore.chunkserver.store import ChunkStore  # noqa: E402
@@ -196,18 +197,8 @@ class Chain:
 
 # ---- measuring ------------------------------------------------------------------------------------------
 
-def proc_cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def system_busy_s() -> float:
-    """CPU seconds every process on the machine has used (user, nice, system, irq, softirq)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    return sum(int(fields[i]) for i in (0, 1, 2, 5, 6)) / CLK_TCK
 
 
 class Meter:
@@ -477,31 +468,6 @@ def bench_local(root: Path, load: Workload, cs_pids: Sequence[int]) -> dict[str,
 
 # ---- profile --------------------------------------------------------------------------------------------
 
-def top_frames(raw: Path, top: int = 15) -> str:
-    """py-spy's raw (collapsed, --threads) stacks -> per thread: its share of the samples, and
-    the frames with the most self time and total time."""
-    threads: dict[str, dict[str, Any]] = {}
-    samples = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        n = int(count)
-        samples += n
-        thread, *frames = stack.split(";")
-        t = threads.setdefault(thread, {"self": {}, "total": {}, "n": 0})
-        t["n"] += n
-        leaf = frames[-1] if frames else "?"
-        t["self"][leaf] = t["self"].get(leaf, 0) + n
-        for frame in set(frames):
-            t["total"][frame] = t["total"].get(frame, 0) + n
-    lines = [f"{samples} samples"]
-    for thread, t in sorted(threads.items(), key=lambda x: -x[1]["n"]):
-        n = t["n"]
-        lines += ["", f"-- {thread}: {n} samples", "  self %  frame"]
-        lines += [f"  {100 * c / n:6.1f}  {f}" for f, c in sorted(t["self"].items(), key=lambda x: -x[1])[:top]]
-        lines += ["  total %  frame"]
-        lines += [f"  {100 * c / n:7.1f}  {f}" for f, c in sorted(t["total"].items(), key=lambda x: -x[1])[:top]
-                  if c < n]
-    return "\n".join(lines) + "\n"
 
 
 async def profile(args: argparse.Namespace, tmp: Path) -> None:
@@ -570,28 +536,8 @@ def cpu_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def filesystem_of(path: Path) -> dict[str, str]:
-    best = ("", "", "")
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        device, mount, fstype = line.split()[:3]
-        mount = mount.replace("\\040", " ")
-        if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[1]):
-            best = (device, mount, fstype)
-    return {"path": str(path), "device": best[0], "mount": best[1], "type": best[2]}
 
 
-def code_version() -> dict[str, Any]:
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "vstore").rglob("*.py")):
-        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
-
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": git("rev-parse", "HEAD"), "vstore_dirty": bool(git("status", "--porcelain", "--", "vstore")),
-            "vstore_sources_sha256": digest.hexdigest()}
 
 
 def print_table(result: dict[str, Any]) -> None:
