@@ -143,7 +143,10 @@ class MdsServer:
     async def _receive_heartbeats(self, channel: DatagramChannel) -> None:
         while True:
             datagram, _address = await channel.recv()
-            self.chunkservers.on_heartbeat(datagram, datagram.message)
+            try:
+                self.chunkservers.on_heartbeat(datagram, datagram.message)
+            except Exception:  # one bad heartbeat must not end the loop that hears them all
+                log.exception("mds.heartbeat_failed", extra={"sender": datagram.sender})
 
     def close_stores(self) -> None:
         self.sm.close()

@@ -364,7 +364,8 @@ class RaftNode:
             file = self._ready_snapshots.pop(rd.snapshot.index, None)
             if file is None:
                 raise FatalStorageError(f"snapshot {rd.snapshot.index} to install but its data never arrived")
-            await loop.run_in_executor(self._writer, self.sm.install_snapshot, file, rd.snapshot)
+            staged = await loop.run_in_executor(self._writer, self.sm.stage_snapshot, file, rd.snapshot)
+            self.sm.swap_in_snapshot(staged)  # on the loop: no read of the state runs meanwhile
             self.stats["snapshots_installed"] += 1
             log.info("raft.snapshot_installed", extra={"node": self.id, "index": rd.snapshot.index})
         early = self._may_send_before_persist(rd)
@@ -658,7 +659,8 @@ class RaftNode:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._fail_all(Unavailable(f"{self.id} is re-syncing its state from the leader; retry"))
         # the writer thread serialises this after whatever persist or apply was under way
-        await loop.run_in_executor(self._writer, self.sm.install_snapshot, target, meta)
+        staged = await loop.run_in_executor(self._writer, self.sm.stage_snapshot, target, meta)
+        self.sm.swap_in_snapshot(staged)  # on the loop: no read of the state runs meanwhile
         await loop.run_in_executor(self._writer, self.log_store.persist, Ready(snapshot=meta))
         raft_config = dataclasses.replace(_with_applied(self.config.raft, meta.index), voting_disabled=True)
         self.core = RaftCore(self.id, raft_config, self.log_store, random.Random(self._rng.random()))

@@ -286,6 +286,11 @@ class LmdbStateMachine:
 
     def install_snapshot(self, file: Path, meta: SnapshotMeta) -> None:
         """Replace the whole state with a received snapshot file, atomically."""
+        self.swap_in_snapshot(self.stage_snapshot(file, meta))
+
+    def stage_snapshot(self, file: Path, meta: SnapshotMeta) -> Path:
+        """The slow half of an install (may run on a worker thread while readers use the
+        current state): move the file into a staging dir, fsync it, check what it holds."""
         staged = self.path.with_name(self.path.name + ".incoming")
         staged.mkdir(exist_ok=True)
         os.replace(file, staged / "data.mdb")
@@ -300,6 +305,13 @@ class LmdbStateMachine:
             check.close()
         if got != (meta.index, meta.term):
             raise FatalStorageError(f"snapshot file holds applied {got}, expected {(meta.index, meta.term)}")
+        return staged
+
+    def swap_in_snapshot(self, staged: Path) -> None:
+        """The fast half: close the environment, rename the staged one into place, reopen.
+        Call it where no reader can run at the same time (the Raft shell calls it on the
+        event loop, where the service's reads run): a read during the swap would find the
+        environment closed."""
         self.env.close()
         retired = self.path.with_name(self.path.name + ".old")
         if retired.exists():
