@@ -228,7 +228,7 @@ class MetadataService:
         self._next_chunk = self._counter(b"next_chunk", 1)
         self._next_cs = self._counter(b"next_cs", 1)
         now = self._monotonic()
-        known = self._known_sessions()
+        known = self.sm.session_ids()
         self.sessions = {s: (now, "", "") for s in known}
         log.info("mds.serving", extra={"node": self.node.id, "term": term, "next_inode": self._next_inode,
                                        "sessions": len(known)})
@@ -238,14 +238,6 @@ class MetadataService:
         with self.sm.env.begin() as txn:
             raw = txn.get(name, db=self.sm.tables[b"counters"])
         return max(default, U64.unpack(raw)[0]) if raw else default
-
-    def _known_sessions(self) -> set[bytes]:
-        reader = getattr(self.sm, "session_ids", None)
-        if reader is not None:
-            return set(reader())
-        with self.sm.env.begin() as txn:
-            cursor = txn.cursor(db=self.sm.tables[b"opens"])
-            return {bytes(key[8:]) for key in cursor.iternext(keys=True, values=False)}
 
     def _alloc_inode(self) -> int:
         inode = self._next_inode
@@ -507,29 +499,40 @@ class MetadataService:
             raise NoChunkservers("this MDS serves no chunkservers")
         return self.chunkservers
 
-    def _chunk_info(self, index: int, chunk_id: int, chunk: Chunk, mode: str) -> w.ChunkInfo:
+    def _chunk_infos(self, chunks: list[tuple[int, int, Chunk]], mode: str) -> tuple[w.ChunkInfo, ...]:
+        """(index, chunk id, chunk) -> what a client needs to read or write each: the replicas'
+        addresses (damaged ones left out; for reads, online ones first) and a capability. The
+        registry and the liveness view are read once for the whole list."""
         manager = self._manager()
         records = manager.records()
-        now = manager._monotonic()
-        status = {cs.cs_id: cs.status for cs in manager.view(now)}
-        usable = [c for c in chunk.replicas if (chunk_id, c) not in manager.damaged]
-        # writes go down the chain in its order; reads may pick any: online ones first
-        if mode == "r":
-            usable.sort(key=lambda c: (status.get(c) is not CsStatus.ONLINE, chunk.replicas.index(c)))
+        status = {cs.cs_id: cs.status for cs in manager.view()}
         ttl = self.capability_ttl_s if mode == "r" else int(manager.write_lease_s)
         expires = int(self._wall_ns() // 10**9) + ttl
-        token = issue_capability(self.capability_key, chunk_id, chunk.version, mode, expires) \
-            if self.capability_key else b""
-        return w.ChunkInfo(index=index, chunk_id=chunk_id, version=chunk.version, length_bytes=chunk.length_bytes,
-                           replicas=tuple(manager.address(c, records) for c in usable), token=token,
-                           token_expires_s=expires if token else 0)
+        out = []
+        for index, chunk_id, chunk in chunks:
+            usable = [c for c in chunk.replicas if (chunk_id, c) not in manager.damaged]
+            # writes go down the chain in its order; reads may pick any: online ones first
+            if mode == "r":
+                usable.sort(key=lambda c: (status.get(c) is not CsStatus.ONLINE, chunk.replicas.index(c)))
+            token = issue_capability(self.capability_key, chunk_id, chunk.version, mode, expires) \
+                if self.capability_key else b""
+            out.append(w.ChunkInfo(index=index, chunk_id=chunk_id, version=chunk.version,
+                                   length_bytes=chunk.length_bytes,
+                                   replicas=tuple(manager.address(c, records) for c in usable), token=token,
+                                   token_expires_s=expires if token else 0))
+        return tuple(out)
+
+    def _chunk_reply(self, index: int, chunk_id: int, chunk: Chunk) -> w.ChunkReply:
+        """The reply to a writer: one chunk with a write capability."""
+        (info,) = self._chunk_infos([(index, chunk_id, chunk)], "rw")
+        return w.ChunkReply(chunk_bytes=self.sm.chunk_bytes(), chunk=info)
 
     async def _chunk_map(self, ctx: RequestContext, m: w.ChunkMapRequest, payload: bytes) -> Message:
         await self._read()
         node = self.sm.getattr(m.inode)
         chunks = self.sm.chunk_map(m.inode, m.first_index, m.count)
         return w.ChunkMapReply(chunk_bytes=self.sm.chunk_bytes(), size=node.size,
-                               chunks=tuple(self._chunk_info(i, cid, c, "r") for i, cid, c in chunks))
+                               chunks=self._chunk_infos(chunks, "r"))
 
     def _existing_chunk(self, inode: int, index: int) -> w.ChunkReply | None:
         found = self.sm.chunk_map(inode, index, 1)
@@ -537,7 +540,7 @@ class MetadataService:
             return None
         i, chunk_id, chunk = found[0]
         self._manager().grant_lease(chunk_id)
-        return w.ChunkReply(chunk_bytes=self.sm.chunk_bytes(), chunk=self._chunk_info(i, chunk_id, chunk, "rw"))
+        return self._chunk_reply(i, chunk_id, chunk)
 
     async def _alloc_chunk(self, ctx: RequestContext, m: w.AllocChunkRequest, payload: bytes) -> Message:
         """The chunk at ``index`` for writing: the existing one, or a new one placed now."""
@@ -567,8 +570,7 @@ class MetadataService:
             return existing
         chunk_id, raw = value
         manager.grant_lease(int(chunk_id))
-        return w.ChunkReply(chunk_bytes=self.sm.chunk_bytes(),
-                            chunk=self._chunk_info(m.index, int(chunk_id), chunk_decoder.decode(raw), "rw"))
+        return self._chunk_reply(m.index, int(chunk_id), chunk_decoder.decode(raw))
 
     async def _write_done(self, ctx: RequestContext, m: w.WriteDoneRequest, payload: bytes) -> Message:
         value = await self._mutate(m, lambda now: ns.WriteDone(
@@ -609,8 +611,7 @@ class MetadataService:
         manager.grant_lease(int(chunk_id))
         log.info("chunk.chain_repaired", extra={"chunk": m.chunk_id, "version": repaired.version,
                                                 "dropped": list(drop), "chain": list(repaired.replicas)})
-        return w.ChunkReply(chunk_bytes=self.sm.chunk_bytes(),
-                            chunk=self._chunk_info(repaired.index, int(chunk_id), repaired, "rw"))
+        return self._chunk_reply(repaired.index, int(chunk_id), repaired)
 
     async def _status(self, ctx: RequestContext, m: w.MdsStatusRequest, payload: bytes) -> Message:
         st = self.node.status()
