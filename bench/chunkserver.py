@@ -49,7 +49,9 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -193,6 +195,105 @@ class Chain:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+
+
+# ---- the floor: the same chain with plain sockets and no checks ----------------------------------------
+
+RAW_OP = struct.Struct(">cQI")  # op (W write, F fsync), file offset, payload bytes
+
+
+def serve_raw(args: argparse.Namespace) -> None:
+    """One hop of the socket floor (this script with --serve-raw): receive each write into a
+    buffer, send it on to the next hop (if any), pwrite it into one file, wait for the next
+    hop's ack, ack. No framing beyond 13 bytes, no MAC, no checksums, no executor: what three
+    processes relaying 1 MiB writes over loopback cost before any of vstore's work."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(json.dumps({"ready": True, "port": listener.getsockname()[1], "pid": os.getpid()}), flush=True)
+    nxt = socket.create_connection(("127.0.0.1", args.next_port)) if args.next_port else None
+    conn, _ = listener.accept()
+    fd = os.open(args.data, os.O_CREAT | os.O_RDWR, 0o600)
+    buf = bytearray(SEQ_IO)
+    view = memoryview(buf)
+
+    def exact(target: memoryview) -> bool:
+        got = 0
+        while got < len(target):
+            n = conn.recv_into(target[got:])
+            if not n:
+                return False
+            got += n
+        return True
+
+    head = bytearray(RAW_OP.size)
+    while exact(memoryview(head)):
+        op, offset, size = RAW_OP.unpack(head)
+        if not exact(view[:size]):
+            break
+        if nxt is not None:
+            nxt.sendall(head + view[:size] if size < 65536 else head)
+            if size >= 65536:
+                nxt.sendall(view[:size])
+        if op == b"W":
+            os.pwrite(fd, view[:size], offset)
+        else:
+            os.fsync(fd)
+        if nxt is not None and nxt.recv(1) != b"k":
+            break
+        conn.sendall(b"k")
+    os.close(fd)
+
+
+class RawChain:
+    """Three --serve-raw processes, head first, and a blocking socket to the head."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sock: socket.socket | None = None
+
+    def __enter__(self) -> RawChain:
+        port = 0
+        for i in (3, 2, 1):  # the tail first: each hop connects on to the one after it
+            proc = subprocess.Popen([sys.executable, __file__, "--serve-raw", "--data", str(self.root / f"raw{i}"),
+                                     "--next-port", str(port)], stdout=subprocess.PIPE)
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            port = int(json.loads(proc.stdout.readline())["port"])
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def call(self, op: bytes, offset: int, data: bytes = b"") -> None:
+        assert self.sock is not None
+        self.sock.sendall(RAW_OP.pack(op, offset, len(data)))
+        if data:
+            self.sock.sendall(data)
+        if self.sock.recv(1) != b"k":
+            raise RuntimeError("the socket floor chain broke")
+
+
+def bench_floor(root: Path, load: Workload) -> dict[str, Any]:
+    """seq_write through RawChain: the same 1 MiB writes in order, 1 in flight, an fsync down
+    the chain at the end of every 64 MiB (each hop's file is one 256 MiB file)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lat: list[float] = []
+    with RawChain(root) as raw, Meter([p.pid for p in raw.procs]) as meter:
+        for _, ops in load.seq_by_chunk():
+            for i, c, offset in ops:
+                t = time.perf_counter()
+                raw.call(b"W", c * CHUNK_BYTES + offset, load.seq_buf(i))
+                lat.append(time.perf_counter() - t)
+            raw.call(b"F", 0)
+    return {"seq_write": figures(meter, lat, SEQ_IO)}
 
 
 # ---- measuring ------------------------------------------------------------------------------------------
@@ -555,6 +656,10 @@ def print_table(result: dict[str, Any]) -> None:
               f"{x['latency_ms_p99']:>9.1f}")
     print(f"\ntarget (chain seq write >= half the local disk's): {result['target_seq_write_half_of_local_met']} "
           f"({r['seq_write']['mib_per_s']:.2f} of local)")
+    fl = result["socket_chain_floor"]
+    print(f"socket floor (same chain, plain sockets, no checks): {fl['seq_write']['mib_per_s']:.1f} MiB/s = "
+          f"{fl['ratio_to_local_disk']:.2f} of local; vstore = {fl['vstore_ratio_to_floor']:.2f} of the floor "
+          f"(q{SEQ_WRITE_INFLIGHT}: {fl[f'vstore_q{SEQ_WRITE_INFLIGHT}_ratio_to_floor']:.2f})")
     cpu = result["vstore"]["cpu_cores_median"]
     print("CPU in cores (cs1 head / cs2 / cs3 / client): " + "; ".join(
         f"{p} {'/'.join(f'{c:.2f}' for c in cpu[p]['chunkservers'])}/{cpu[p]['client']:.2f}" for p in PATTERNS))
@@ -575,6 +680,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any] | None:
         chain = Chain(tmp)
         vstore_runs: list[dict[str, Any]] = []
         local_runs: list[dict[str, Any]] = []
+        floor_runs: list[dict[str, Any]] = []
         try:
             await chain.start()
             for run in range(args.runs):  # alternate which side goes first: drift hits both alike
@@ -585,8 +691,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any] | None:
                 else:
                     vstore_runs.append(await bench_vstore(chain, load, first_id))
                     local_runs.append(bench_local(tmp / "local" / f"run{run}", load, chain.pids))
+                floor_runs.append(bench_floor(tmp / "floor" / f"run{run}", load))
+                shutil.rmtree(tmp / "floor" / f"run{run}", ignore_errors=True)
                 print(f"run {run + 1}/{args.runs}: seq write vstore {vstore_runs[-1]['seq_write']['mib_per_s']:.0f} "
-                      f"MiB/s, local {local_runs[-1]['seq_write']['mib_per_s']:.0f} MiB/s", flush=True)
+                      f"MiB/s, local {local_runs[-1]['seq_write']['mib_per_s']:.0f} MiB/s, socket floor "
+                      f"{floor_runs[-1]['seq_write']['mib_per_s']:.0f} MiB/s", flush=True)
         finally:
             await chain.close()
         if code_version()["vstore_sources_sha256"] != code["vstore_sources_sha256"]:
@@ -594,6 +703,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any] | None:
         fs = {"chunkservers": filesystem_of(chain.data_dirs[0]), "local_disk": filesystem_of(tmp / "local")}
     v, loc = medians(vstore_runs), medians(local_runs)
     ratios = {p: {k: v[p][k] / loc[p][k] for k in KEYS} for p in PATTERNS}
+    floor = {k: statistics.median(r["seq_write"][k] for r in floor_runs) for k in KEYS}
     cold = [r[p]["cold_cache"] for r in vstore_runs + local_runs for p in ("seq_read",)]
     expected = args.runs * (2 * args.seq_mib * MIB + len(RAND_INFLIGHT) * args.ops * RAND_IO)
     written = [s.get("bytes_written", 0) for s in chain.stats]
@@ -631,6 +741,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any] | None:
             ratios[f"seq_write_q{SEQ_WRITE_INFLIGHT}"]["mib_per_s"] >= 0.5,
         "note": "the three replicas share one disk here: the chain writes 3x the bytes of the baseline (and each "
                 "replica also its checksum table and header)",
+        "socket_chain_floor": {
+            "what": "seq_write (1 in flight, fsync every 64 MiB) through the same three-hop chain of processes with "
+                    "plain blocking sockets and os.pwrite, no MAC, checksums or framing: what the machine allows "
+                    "before any of vstore's work",
+            "seq_write": floor, "runs": floor_runs,
+            "ratio_to_local_disk": floor["mib_per_s"] / loc["seq_write"]["mib_per_s"],
+            "vstore_ratio_to_floor": v["seq_write"]["mib_per_s"] / floor["mib_per_s"],
+            f"vstore_q{SEQ_WRITE_INFLIGHT}_ratio_to_floor": v[f"seq_write_q{SEQ_WRITE_INFLIGHT}"]["mib_per_s"]
+            / floor["mib_per_s"]},
         "vstore": {"medians": v, "cpu_cores_median": cpu_medians(vstore_runs), "runs": vstore_runs},
         "local_disk": {"medians": loc, "cpu_cores_median": cpu_medians(local_runs), "runs": local_runs},
         "chunkserver_stats": chain.stats,
@@ -659,7 +778,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--secret-file", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-bytes", type=int, default=CHUNK_BYTES, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-raw", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--next-port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_raw:
+        serve_raw(args)
+        return
     if args.serve_cs is not None:
         try:
             asyncio.run(serve_cs(args))

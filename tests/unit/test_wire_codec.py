@@ -234,3 +234,61 @@ def test_an_unauthenticated_frame_on_an_authenticated_connection_fails() -> None
     decoder.feed(encode_frame_bytes(PingRequest(), 1) + b"\x00" * 16)
     with pytest.raises(RemoteProtocolError, match="failed its MAC"):
         decoder.next_frame()
+
+
+def _receive_into(decoder: FrameDecoder, stream: bytes, cuts: list[int]) -> list[tuple[bytes, int]]:
+    """Drive the decoder as asyncio.BufferedProtocol does: copy at most ``cut`` bytes (and at
+    most what the decoder's buffer holds) into the buffer it hands out, then tell it."""
+    got = []
+    pos = 0
+    cuts = cuts or [len(stream)]
+    k = 0
+    while pos < len(stream):
+        view = decoder.get_buffer()
+        assert len(view) > 0
+        n = min(len(view), cuts[k % len(cuts)], len(stream) - pos)
+        k += 1
+        view[:n] = stream[pos:pos + n]
+        view.release()
+        pos += n
+        decoder.buffer_updated(n)
+        while (frame := decoder.next_frame()) is not None:
+            got.append((bytes(frame.payload), frame.request_id))
+    return got
+
+
+BIG = FrameDecoder.DIRECT_PAYLOAD_BYTES
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.sampled_from([0, 1, 100, BIG - 1, BIG, BIG + 7, 3 * BIG]), min_size=1, max_size=5),
+       cuts=st.lists(st.integers(1, 2 * BIG), max_size=12), mac=st.booleans(), via_feed=st.booleans())
+def test_big_payloads_received_into_their_own_buffer_decode_like_small_ones(sizes, cuts, mac, via_feed) -> None:
+    frames = [(bytes([i % 251]) * size, i) for i, size in enumerate(sizes)]
+    sender = FrameMac(b"s" * 32) if mac else None
+    stream = b"".join(encode_frame_bytes(PingRequest(), rid, payload=p, mac=sender) for p, rid in frames)
+    decoder = FrameDecoder()
+    decoder.authenticated(FrameMac(b"s" * 32) if mac else None)
+    if via_feed:
+        got, pos = [], 0
+        for cut in (cuts or [len(stream)]) * (len(stream) // max(1, min(cuts or [1])) + 1):
+            if pos >= len(stream):
+                break
+            decoder.feed(stream[pos:pos + cut])
+            pos += cut
+            while (frame := decoder.next_frame()) is not None:
+                got.append((bytes(frame.payload), frame.request_id))
+    else:
+        got = _receive_into(decoder, stream, cuts)
+    assert got == frames
+    assert not decoder.in_frame and decoder.buffered_bytes == 0
+
+
+def test_a_big_payload_with_a_flipped_bit_fails_its_mac() -> None:
+    sender, decoder = _mac_pair()
+    frame = bytearray(encode_frame_bytes(PingRequest(), 5, payload=b"x" * (2 * BIG), mac=sender))
+    frame[HEADER_BYTES + 10 + BIG] ^= 0x40
+    with pytest.raises(RemoteProtocolError, match="failed its MAC"):
+        _receive_into(decoder, bytes(frame), [BIG // 3])
+    with pytest.raises(RemoteProtocolError):
+        decoder.get_buffer()

@@ -128,7 +128,7 @@ import enum
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from xxhash import xxh3_64_intdigest
 
@@ -561,12 +561,15 @@ def verified_content(header: ChunkHeader, first_block: int, data: bytes | bytear
                                     f"{len(bad)} block(s) failed their checksum: {listed}",
                                     blocks=bad, chunk=header.chunk_id, version=header.version)
     size = header.block_bytes
-    out = bytearray(len(slots) * size)
+    total = len(slots) * size
+    content_end = header.length_bytes - first_block * size
+    if len(data) == total and content_end >= total and HOLE not in slots:
+        return data if isinstance(data, bytes) else bytes(data)  # the common case: all stored content
+    out = bytearray(total)
     out[:len(data)] = data
     for k, slot in enumerate(slots):
         if slot == HOLE:
             out[k * size:(k + 1) * size] = bytes(size)
-    content_end = header.length_bytes - first_block * size
     if content_end < len(out):
         out[max(content_end, 0):] = bytes(len(out) - max(content_end, 0))
     return bytes(out)
@@ -613,9 +616,9 @@ def plan_read(header: ChunkHeader, offset: int, length: int) -> ReadPlan:
 # ---- writes ------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockWrite:
-    """One block that a write or resize rewrites.
+class BlockWrite(NamedTuple):
+    """One block that a write or resize rewrites. (A NamedTuple: a 1 MiB write plans 256 of
+    them, and a frozen dataclass costs several times more to build.)
 
     The block's new content is its old bytes ``[0, keep_bytes)``, then zeros to the end of
     the block, with ``data[data_start:data_end]`` of the write laid over it at
@@ -739,7 +742,7 @@ def merge_block(old_block: bytes | bytearray | memoryview, offset_in_block: int,
 
 
 def assemble_write(plan: WritePlan, data: bytes | bytearray | memoryview,
-                   old_blocks: Mapping[int, bytes]) -> list[tuple[int, bytes]]:
+                   old_blocks: Mapping[int, bytes]) -> list[tuple[int, bytes | memoryview]]:
     """The pwrites that carry out ``plan``, as (file offset, bytes), in the order to issue
     them: the data blocks (one pwrite per contiguous run), then one pwrite of the slots of
     every planned block, then the header if the length changed. Pure.
@@ -758,29 +761,50 @@ def assemble_write(plan: WritePlan, data: bytes | bytearray | memoryview,
     if set(old_blocks) != set(plan.reads):
         raise LocalProtocolError(f"write plan reads blocks {sorted(plan.reads)}, got {sorted(old_blocks)}")
     view = memoryview(data)
-    pwrites: list[tuple[int, bytes]] = []
+    pwrites: list[tuple[int, bytes | memoryview]] = []
     slots: list[int] = []
-    run_first, run = -1, bytearray()
+    # The current run of contiguous data blocks: its first block and its pieces. A block the
+    # write covers whole is a slice of ``data`` (no copy); consecutive slices are written
+    # as the one slice of ``data`` they make up.
+    run_first, run = -1, []
+    direct_from = direct_to = -1  # the run as one slice of data, while it is one
+
+    def flush() -> None:
+        nonlocal run
+        if run:
+            if direct_from >= 0:
+                pwrites.append((block_offset(header, run_first), view[direct_from:direct_to]))
+            else:
+                pwrites.append((block_offset(header, run_first), b"".join(run)))
+            run = []
+
     for bw in plan.blocks:
         if bw.hole:
             slots.append(HOLE)
-            if run:
-                pwrites.append((block_offset(header, run_first), bytes(run)))
-                run = bytearray()
+            flush()
             continue
-        base = bytearray(size)
-        if bw.read:
-            old = old_blocks[bw.block]
-            if len(old) != size:
-                raise LocalProtocolError(f"old block {bw.block} is {len(old)} bytes, not {size}")
-            base[:bw.keep_bytes] = old[:bw.keep_bytes]
-        content = merge_block(base, bw.offset_in_block, view[bw.data_start:bw.data_end])
+        if not bw.keep_bytes and not bw.offset_in_block and bw.data_end - bw.data_start == size:
+            content: bytes | memoryview = view[bw.data_start:bw.data_end]
+            whole = True
+        else:
+            whole = False
+            base = bytearray(size)
+            if bw.read:
+                old = old_blocks[bw.block]
+                if len(old) != size:
+                    raise LocalProtocolError(f"old block {bw.block} is {len(old)} bytes, not {size}")
+                base[:bw.keep_bytes] = old[:bw.keep_bytes]
+            content = merge_block(base, bw.offset_in_block, view[bw.data_start:bw.data_end])
         slots.append(block_checksum(content))
         if not run:
             run_first = bw.block
-        run += content
-    if run:
-        pwrites.append((block_offset(header, run_first), bytes(run)))
+            direct_from, direct_to = (bw.data_start, bw.data_end) if whole else (-1, -1)
+        elif direct_from >= 0 and whole and bw.data_start == direct_to:
+            direct_to = bw.data_end
+        else:
+            direct_from = -1
+        run.append(content)
+    flush()
     if plan.blocks:
         pwrites.append((slot_offset(header, plan.blocks[0].block), encode_slots(slots)))
     if plan.header_changed:

@@ -94,13 +94,15 @@ class ChunkDataService:
             self._peers[address] = client
         return client
 
-    async def _forward(self, request: Any, payload: bytes | memoryview, chain: tuple[w.ChainHop, ...]) -> Any:
+    async def _forward(self, request: Any, payload: bytes | bytearray | memoryview, chain: tuple[w.ChainHop, ...],
+                       payload_digest: bytes | None = None) -> Any:
         """Send the request to the next hop with the rest of the chain. An error that names
         no chunkserver (the hop is unreachable, or broke the connection) names the hop."""
         hop = chain[0]
         onward = msgspec.structs.replace(request, chain=chain[1:])
         try:
-            reply = await self._peer(hop.address).call(onward, payload, deadline_s=self.forward_deadline_s)
+            reply = await self._peer(hop.address).call(onward, payload, deadline_s=self.forward_deadline_s,
+                                                       payload_digest=payload_digest)
         except VStoreError as exc:
             exc.details.setdefault("failed_cs", hop.cs_id)
             raise
@@ -129,7 +131,7 @@ class ChunkDataService:
 
         jobs = [local()]
         if m.chain:
-            jobs.append(self._forward(m, payload, m.chain))
+            jobs.append(self._forward(m, payload, m.chain, ctx.payload_digest))
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

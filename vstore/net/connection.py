@@ -71,7 +71,7 @@ def read_secret_file(path: str) -> bytes:
     return data
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """A framed connection. Create with ``connect()`` (client) or via RpcServer (server)."""
 
     def __init__(self, limits: Limits) -> None:
@@ -103,11 +103,26 @@ class Connection(asyncio.Protocol):
             self.peer_address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
         self._arm_idle_timer()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # A failed decoder raises here; the connection was aborted already, so the transport
+        # gets a buffer to drop and the next callback is connection_lost.
+        try:
+            return self._decoder.get_buffer()
+        except RemoteProtocolError:
+            return memoryview(bytearray(4096))
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(lambda: self._decoder.buffer_updated(nbytes))
+
     def data_received(self, data: bytes) -> None:
+        """The plain-Protocol entry (transports that do not receive into buffers)."""
+        self._received(lambda: self._decoder.feed(data))
+
+    def _received(self, take: Callable[[], None]) -> None:
         self._last_activity = self._loop.time()
         completed_before = self._decoder.frames_decoded
         try:
-            self._decoder.feed(data)
+            take()
             while (frame := self._decoder.next_frame()) is not None:
                 if self.session is None:
                     if self._handshake_frames.full():
@@ -144,12 +159,15 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing() and not self.closed.done()
 
-    def send(self, msg: Message, request_id: int, *, flags: int = 0, payload: bytes | memoryview = b"") -> None:
-        """Queue one frame for sending. Raises ConnectionLost if the connection is closed."""
+    def send(self, msg: Message, request_id: int, *, flags: int = 0, payload: bytes | bytearray | memoryview = b"",
+             payload_digest: bytes | None = None) -> None:
+        """Queue one frame for sending. Raises ConnectionLost if the connection is closed.
+        ``payload_digest``: see ``encode_frame``."""
         if not self.is_open:
             raise ConnectionLost(f"connection to {self.peer_address} is closed ({self.close_reason})")
         assert self.transport is not None
-        parts = encode_frame(msg, request_id, flags=flags, payload=payload, mac=self._send_mac)
+        parts = encode_frame(msg, request_id, flags=flags, payload=payload, mac=self._send_mac,
+                             payload_digest=payload_digest)
         if len(parts) == 1:
             self.transport.write(parts[0])
         elif sum(len(p) for p in parts) < _JOIN_BELOW_BYTES:

@@ -48,6 +48,9 @@ class RequestContext:
     peer_address: str
     request_id: int
     connection: Connection
+    #: the request payload's digest as its frame MAC checked it: pass it on with the same
+    #: payload (``RpcClient.call(payload_digest=...)``) to spare the MAC a pass over it
+    payload_digest: bytes | None = None
 
 
 Handler = Callable[[RequestContext, Message, bytes], Awaitable["Reply | Message | None"]]
@@ -239,7 +242,7 @@ class RpcServer:
             raise UnknownMessage(f"{name} is not served by this {self.auth.identity.role}")
         if route.roles is not None and peer.role not in route.roles:
             raise NotPermitted(f"{name} may not be sent by a {peer.role!r} node")
-        ctx = RequestContext(peer, conn.peer_address, frame.request_id, conn)
+        ctx = RequestContext(peer, conn.peer_address, frame.request_id, conn, frame.payload_digest)
         result = await route.handler(ctx, frame.message, frame.payload)
         if result is None or isinstance(result, Reply):
             return result
@@ -285,8 +288,8 @@ class RpcClient:
     def connected(self) -> bool:
         return self._conn is not None and self._conn.is_open
 
-    async def call(self, msg: Message, payload: bytes | memoryview = b"", *,
-                   deadline_s: float | None = None) -> Reply:
+    async def call(self, msg: Message, payload: bytes | bytearray | memoryview = b"", *,
+                   deadline_s: float | None = None, payload_digest: bytes | None = None) -> Reply:
         """Send a request and wait for its reply. Raises the peer's typed error,
         DeadlineExceeded, ConnectionLost (in flight when the link broke), Unavailable
         (could not connect) or AuthFailed."""
@@ -297,7 +300,7 @@ class RpcClient:
                 conn = await self._connection()
                 future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
                 self._pending[request_id] = (conn, future)
-                conn.send(msg, request_id, payload=payload)
+                conn.send(msg, request_id, payload=payload, payload_digest=payload_digest)
                 if len(payload) > 65536:
                     await conn.drain()
                 return await future
