@@ -369,6 +369,42 @@ class ChunkserverSection:
                                     doc="Chunk files kept open at once; bounds file descriptors")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSection:
+    """[client]: a mount's data path and caches (vstore.client, vstore.fuse); client configs only."""
+
+    id: str = _setting("", check=lambda v: None if v == "" else _is_name(v),
+                       doc="Name of this client in the MDS's session list and logs; empty = client-<host>-<pid>")
+    host: str = _setting("", check=_is_label,
+                         doc="Failure-domain label of this machine (as a CS's [node] host): its replicas are read first")
+    deadline_s: int = _setting(60, unit="s", min=1, max=86_400,
+                               doc="An operation retried through failures this long, then EIO to the application")
+    io_bytes: int = _setting(MiB, unit="bytes", min=4096, max=16 * MiB,
+                             doc="The largest single write down a chunk's chain")
+    writeback_bytes: int = _setting(16 * MiB, unit="bytes", min=0, max=2**34,
+                                    doc="Dirty bytes buffered per open file before they are written out")
+    writeback_age_ms: int = _setting(5000, unit="ms", min=10, max=600_000,
+                                     doc="Buffered data older than this is written out in the background")
+    readahead_bytes: int = _setting(4 * MiB, unit="bytes", min=0, max=256 * MiB,
+                                    doc="The largest read-ahead window of a sequential reader")
+    attr_timeout_ms: int = _setting(1000, unit="ms", min=0, max=3_600_000,
+                                    doc="How long the kernel trusts directory attributes (files: revalidated by us)")
+    entry_timeout_ms: int = _setting(1000, unit="ms", min=0, max=3_600_000,
+                                     doc="How long the kernel trusts a name lookup; other hosts' renames show after it")
+    allow_other: bool = _setting(False, doc="Let users other than the mounting one use the mount (containers)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """A mount's configuration: [cluster] and optionally [client], [net], [tls], [log]."""
+
+    cluster: ClusterSection
+    net: NetSection
+    tls: TlsSection
+    log: LogSection
+    client: ClientSection
+
+
 def _section(cls: type, *, doc: str, role: str | None = None, required: bool = False) -> Any:
     default: Any = dataclasses.MISSING if required else (None if role else dataclasses.MISSING)
     factory: Any = dataclasses.MISSING if required or role else cls
@@ -444,6 +480,19 @@ def _build_schema() -> tuple[_Section, ...]:
 
 
 _SCHEMA = _build_schema()
+
+
+def _client_schema() -> tuple[_Section, ...]:
+    by_name = {sec.name: sec for sec in _SCHEMA}
+    hints = typing.get_type_hints(ClientSection)
+    keys = tuple(_Key(f.name, hints[f.name], f.default, f.metadata) for f in dataclasses.fields(ClientSection))
+    for key in keys:
+        assert key.meta.get("doc") and (key.kind is not int or key.meta["min"] is not None), key.name
+    client = _Section("client", ClientSection, None, "a mount's data path and caches", keys)
+    return (by_name["cluster"], by_name["net"], by_name["tls"], by_name["log"], client)
+
+
+_CLIENT_SCHEMA = _client_schema()
 _ROLES: tuple[str, ...] = typing.get_args(NodeRole)
 
 # ---- loading -------------------------------------------------------------------------------
@@ -469,6 +518,49 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(file, "", f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     return parse_config(text, file)
+
+
+def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:
+    """A mount's config at ``path``: a client config ([cluster], optional [client], [net],
+    [tls], [log]) or any node's config (its [cluster], [net], [tls] and [log] are used, with
+    [client] defaults). Raises ConfigError like ``load_config``."""
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as fp:
+            data = fp.read(_MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read config file: {exc.strerror or exc}") from None
+    if len(data) > _MAX_FILE_BYTES:
+        raise ConfigError(file, "", f"larger than {_MAX_FILE_BYTES} bytes; is this really a config file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "", f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    return parse_client_config(text, file)
+
+
+def parse_client_config(text: str, file: str = "<string>") -> ClientConfig:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"TOML syntax error: {_one_line(str(exc))}") from None
+    if "node" in doc:
+        node = _build(doc, file)
+        return ClientConfig(cluster=node.cluster, net=node.net, tls=node.tls, log=node.log, client=ClientSection())
+    by_name = {s.name: s for s in _CLIENT_SCHEMA}
+    for name, value in doc.items():
+        if name not in by_name:
+            if isinstance(value, dict):
+                raise ConfigError(file, f"[{name}]", "unknown section in a client config"
+                                  + _suggest(name, [f"[{s}]" for s in by_name], as_section=True))
+            raise ConfigError(file, name, "key outside any section")
+        if not isinstance(value, dict):
+            raise ConfigError(file, f"[{name}]", f"expected a section ([{name}] table), got {_describe(value)}")
+    if "cluster" not in doc:
+        raise ConfigError(file, "[cluster]", "required section missing: which cluster to mount "
+                                             "(name, id, mds, secret_file)")
+    values = {sec.name: _load_section(sec, doc.get(sec.name) or {}, file) for sec in _CLIENT_SCHEMA}
+    return ClientConfig(**values)
 
 
 def parse_config(text: str, file: str = "<string>") -> NodeConfig:

@@ -30,7 +30,7 @@ def test_help_lists_every_command_and_the_exit_codes(capsys) -> None:
 @pytest.mark.parametrize("argv", [
     ["mkfs", "--cluster", "c", "--data", "/tmp/d", "--listen", "127.0.0.1:9400"],
     ["add-node", "--role", "cs", "--join", "h:1", "--data", "/d", "--listen", "h:2"],
-    ["rm-node", "cs-1"], ["mount", "h:1", "/mnt"], ["umount", "/mnt"], ["status"],
+    ["rm-node", "cs-1"], ["status"],
     ["top"], ["get-attr", "/a"], ["set-attr", "/a", "replicas=3:2"], ["scrub"], ["demo"],
 ])
 def test_commands_not_built_yet_say_so_and_exit_3(argv: list[str], capsys) -> None:
@@ -38,6 +38,34 @@ def test_commands_not_built_yet_say_so_and_exit_3(argv: list[str], capsys) -> No
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"'vstore {argv[0]}' is not available in this version yet" in err
     assert "issue #" in err
+
+
+@pytest.mark.parametrize("problem", ["missing config", "missing mountpoint", "not a directory", "no secret"])
+def test_mount_refuses_bad_input_in_one_line_with_exit_2(problem: str, tmp_path, capsys) -> None:
+    config = tmp_path / "client.toml"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    config.write_text(f"""
+[cluster]
+name = "c"
+id = "00000000-0000-0000-0000-000000000000"
+mds = ["127.0.0.1:9"]
+secret_file = "{tmp_path / 'absent.secret'}"
+""")
+    argv = {"missing config": ["mount", "-c", str(tmp_path / "absent.toml"), str(mnt)],
+            "missing mountpoint": ["mount", "-c", str(config), str(tmp_path / "nope")],
+            "not a directory": ["mount", "-c", str(config), str(config)],
+            "no secret": ["mount", "-c", str(config), str(mnt), "--foreground"]}[problem]
+    assert run(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vstore: ") and "Traceback" not in err
+    assert {"missing config": "absent.toml", "missing mountpoint": "does not exist",
+            "not a directory": "not a directory", "no secret": "absent.secret"}[problem] in err
+
+
+def test_umount_of_a_directory_that_is_not_mounted_says_so(tmp_path, capsys) -> None:
+    assert run(["umount", str(tmp_path)]) == EXIT_USAGE
+    assert "is not mounted" in capsys.readouterr().err
 
 
 def test_serve_with_a_missing_config_is_one_line_and_exit_2(tmp_path, capsys) -> None:

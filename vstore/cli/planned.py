@@ -52,18 +52,6 @@ def _rm_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="allow losing the last copy or quorum")
 
 
-@_planned("mount", "mount the cluster's file system with FUSE", "issue #6 (client and FUSE mount)")
-def _mount(p: argparse.ArgumentParser) -> None:
-    p.add_argument("mds", metavar="HOST:PORT[,HOST:PORT...]", help="MDS addresses")
-    p.add_argument("mountpoint", metavar="DIR")
-    p.add_argument("--secret-file", metavar="FILE")
-
-
-@_planned("umount", "unmount a vstore mount", "issue #6 (client and FUSE mount)")
-def _umount(p: argparse.ArgumentParser) -> None:
-    p.add_argument("mountpoint", metavar="DIR")
-
-
 @_planned("status", "cluster health summary (exit 0 healthy, 1 degraded, 2 unavailable)", _OPS)
 def _status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -26,7 +26,7 @@ from vstore.metadata.raft.storage import RaftLogStore
 from vstore.metadata.raft.types import RaftConfig
 from vstore.metadata.chunkservers import ChunkserverManager
 from vstore.metadata.service import MetadataService
-from vstore.net import Auth, Limits, Router, RpcServer, read_secret_file
+from vstore.net import Auth, Router, RpcServer, limits_of, read_secret_file
 from vstore.net.dgram import DatagramChannel
 from vstore.wire import FrameAuth, Identity, datagram_key
 from vstore.wire.capability import capability_key
@@ -35,12 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Roles allowed to connect to an MDS: its Raft peers, clients, chunkservers, admin tools.
 MDS_PEER_ROLES = frozenset({"mds", "client", "cs", "admin"})
-
-
-def limits_of(config: NodeConfig) -> Limits:
-    net = config.net
-    return Limits(handshake_timeout_s=net.handshake_timeout_ms / 1000, frame_read_timeout_s=net.frame_read_timeout_ms
-                  / 1000, idle_timeout_s=float(net.idle_timeout_s))
 
 
 class MdsServer:
@@ -68,7 +62,7 @@ class MdsServer:
         raft = RaftConfig(election_tick=max(2, mds.election_timeout_ms // tick_ms), heartbeat_tick=1)
         try:
             self.node = RaftNode(RaftNodeConfig(node_id=config.node.id, data_dir=self.data_dir, tick_ms=tick_ms,
-                                                raft=raft, peer_limits=limits_of(config)),
+                                                raft=raft, peer_limits=limits_of(config.net)),
                                  self.store, self.sm, self.auth)
         except StartupError as exc:
             self.sm.close()
@@ -89,7 +83,7 @@ class MdsServer:
         self.service.register(router)
         self.chunkservers.register(router)
         net = config.net
-        self.server = RpcServer(router, self.auth, allowed_roles=MDS_PEER_ROLES, limits=limits_of(config),
+        self.server = RpcServer(router, self.auth, allowed_roles=MDS_PEER_ROLES, limits=limits_of(config.net),
                                 max_connections=net.max_connections, max_connections_per_ip=net.max_connections_per_ip)
 
     async def run(self, stop: asyncio.Event | None = None, *, handle_signals: bool = True) -> int:

@@ -5,8 +5,8 @@ moves its bytes. Modules: ``connection`` (one framed connection), ``rpc`` (serve
 client), ``dgram`` (heartbeat channel), ``tls`` (ssl contexts).
 """
 
-from vstore.net.connection import Auth, Connection, Limits, read_secret_file
+from vstore.net.connection import Auth, Connection, Limits, limits_of, read_secret_file
 from vstore.net.rpc import Reply, RequestContext, Router, RpcClient, RpcServer, format_address
 
-__all__ = ["read_secret_file", "Auth", "Connection", "Limits", "Reply", "RequestContext", "Router", "RpcClient", "RpcServer",
+__all__ = ["limits_of", "read_secret_file", "Auth", "Connection", "Limits", "Reply", "RequestContext", "Router", "RpcClient", "RpcServer",
            "format_address"]

@@ -46,6 +46,13 @@ class Limits:
     max_inflight_requests: int = 256
 
 
+def limits_of(net: object) -> Limits:
+    """The Limits of a config's [net] section (``vstore.config.NetSection``)."""
+    return Limits(handshake_timeout_s=getattr(net, "handshake_timeout_ms") / 1000,
+                  frame_read_timeout_s=getattr(net, "frame_read_timeout_ms") / 1000,
+                  idle_timeout_s=float(getattr(net, "idle_timeout_s")))
+
+
 @dataclass(frozen=True, slots=True)
 class Auth:
     """What a node needs to authenticate connections: the secret and who it is."""

@@ -40,6 +40,11 @@ AddressText = Annotated[str, msgspec.Meta(max_length=300)]
 Token = Annotated[bytes, msgspec.Meta(max_length=128)]
 Nanos = Annotated[int, msgspec.Meta(ge=-(2**62), le=2**62)]
 
+#: The S_IFMT bits (stat's st_mode) of each inode kind number (``MknodRequest.kind``):
+#: file, directory, symlink, fifo, socket, character device, block device.
+IFMT_OF_KIND = {1: 0o100000, 2: 0o040000, 3: 0o120000, 4: 0o010000, 5: 0o140000, 6: 0o020000, 7: 0o060000}
+KIND_OF_IFMT = {v: k for k, v in IFMT_OF_KIND.items()}
+
 #: Entries per readdir page the server returns at most (a page with attributes stays well
 #: below a megabyte of meta: 1000 x (255-byte name + ~80 bytes of attributes)).
 READDIR_PAGE_MAX = 1000

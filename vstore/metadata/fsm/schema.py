@@ -66,6 +66,7 @@ import struct
 import msgspec
 
 from vstore.metadata.placement import ChunkId, CsId
+from vstore.wire.mds import IFMT_OF_KIND
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
@@ -116,8 +117,7 @@ class Kind(enum.IntEnum):
 
 
 #: The S_IFMT bits for each kind (stat's st_mode), and back.
-S_IFMT = {Kind.FILE: 0o100000, Kind.DIR: 0o040000, Kind.SYMLINK: 0o120000, Kind.FIFO: 0o010000,
-          Kind.SOCKET: 0o140000, Kind.CHAR: 0o020000, Kind.BLOCK: 0o060000}
+S_IFMT = {Kind(kind): bits for kind, bits in IFMT_OF_KIND.items()}
 KIND_OF_IFMT = {v: k for k, v in S_IFMT.items()}
 PERMISSION_BITS = 0o7777
 S_ISVTX = 0o1000

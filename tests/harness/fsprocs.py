@@ -1,0 +1,133 @@
+"""A whole cluster of real processes on loopback and real FUSE mounts of it.
+
+``FsCluster``: the MDS processes of ``MdsProcCluster``, chunkservers as ``vstore serve -c``
+processes (each with its own host label, so placement spreads replicas over all of them),
+and mounts as ``vstore mount --foreground`` processes, each a separate client with its own
+session. Everything is owned by PID and cleaned up even when a test fails: mounts are
+unmounted (lazily if busy) before the processes are stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from tests.harness.mdsprocs import MdsProcCluster
+from tests.harness.procs import free_port
+from tests.harness.wait import wait_for
+
+
+def cs_config(cluster: MdsProcCluster, name: str, *, heartbeat_ms: int = 200) -> Path:
+    mds = ", ".join(f'"{cluster.address(i)}"' for i in cluster.ids)
+    path = cluster.root / f"{name}.toml"
+    path.write_text(f"""
+[node]
+id = "{name}"
+role = "cs"
+listen = "127.0.0.1:{free_port()}"
+host = "host-{name}"
+data_dir = "{cluster.root / name}"
+
+[cluster]
+name = "test"
+id = "{cluster.cluster_id}"
+mds = [{mds}]
+secret_file = "{cluster.secret_file}"
+
+[log]
+level = "info"
+
+[chunkserver]
+heartbeat_interval_ms = {heartbeat_ms}
+reserve_bytes = 0
+""")
+    return path
+
+
+def unmount(path: Path) -> None:
+    if os.path.ismount(path):
+        if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+class FsCluster(MdsProcCluster):
+    def __init__(self, root: Path, ids: tuple[str, ...] = ("m1", "m2", "m3"), *, chunkservers: int = 3,
+                 **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(root, ids, **kwargs)
+        self.cs_names = [f"cs-{n}" for n in range(1, chunkservers + 1)]
+        self.mounts: dict[str, Path] = {}
+
+    def start_cs(self, name: str) -> None:
+        self.group.python(name, "vstore.cli.main", "serve", "-c", str(cs_config(self, name)))
+
+    def cs_name_of(self, cs_id: int) -> str:
+        return next(n for n in self.cs_names if (self.root / n / "cs-id").read_text().strip() == str(cs_id))
+
+    def client_config(self, name: str, **client: object) -> Path:
+        mds = ", ".join(f'"{self.address(i)}"' for i in self.ids)
+        settings = {"id": f'"{name}"', "host": f'"host-{name}"', "deadline_s": 60, **{
+            k: (f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v)
+            for k, v in client.items()}}
+        path = self.root / f"{name}.toml"
+        path.write_text(f"""
+[cluster]
+name = "test"
+id = "{self.cluster_id}"
+mds = [{mds}]
+secret_file = "{self.secret_file}"
+
+[log]
+level = "info"
+
+[client]
+""" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+        return path
+
+    async def mount(self, name: str = "client-1", **client: object) -> Path:
+        mnt = self.root / f"mnt-{name}"
+        mnt.mkdir(exist_ok=True)
+        self.group.python(name, "vstore.cli.main", "mount", "-c", str(self.client_config(name, **client)), str(mnt),
+                          "--foreground", "--allow-other")
+        self.mounts[name] = mnt
+
+        def mounted() -> bool:
+            if not self.group.procs[name].running:
+                raise AssertionError(f"mount {name} exited:\n{self.group.dump_logs()}")
+            return os.path.ismount(mnt)
+        await wait_for(mounted, timeout_s=30, what=f"{mnt} mounted")
+        return mnt
+
+    async def unmount_all(self) -> None:
+        for name, mnt in self.mounts.items():
+            unmount(mnt)
+            proc = self.group.procs.get(name)
+            if proc is not None and proc.running:
+                with contextlib.suppress(AssertionError):
+                    await wait_for(lambda p=proc: not p.running, timeout_s=15, what=f"mount {name} exited")
+        self.mounts.clear()
+
+    async def cs_online(self, count: int | None = None, timeout_s: float = 60.0) -> None:
+        want = len(self.cs_names) if count is None else count
+
+        async def online() -> bool:
+            for node in self.running():
+                if node in self.ids:
+                    status = await self.status(node)
+                    if status is not None and status.role == "leader":
+                        return status.chunks.get("cs_online") == want
+            return False
+        await wait_for(online, timeout_s=timeout_s, what=f"{want} chunkservers online")
+
+    @contextlib.asynccontextmanager
+    async def running_fs(self, *, dump_logs_if: Callable[[], bool] = lambda: False) -> AsyncIterator[FsCluster]:
+        async with self.serving(dump_logs_if=dump_logs_if):
+            try:
+                for name in self.cs_names:
+                    self.start_cs(name)
+                await self.cs_online()
+                yield self
+            finally:
+                await self.unmount_all()

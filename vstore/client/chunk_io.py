@@ -1,0 +1,157 @@
+"""A client's data path to the chunkservers: chain writes, fsync down the chain, verified
+reads that fall back from one replica to the next.
+
+What it owns: one reconnecting, authenticated connection per chunkserver address, and the
+checks a reader makes on every reply. What it does not do: decide when to retry, repair a
+chain or refresh a chunk map (vstore/client/files.py does, with the MDS); it reports every
+failure as a typed error naming the chunkserver (``details["failed_cs"]``).
+
+Reads. Replicas are tried local host first, then in the MDS's order (online ones first). A
+replica's answer is accepted only if its payload has the checksum the chunkserver sent with
+it (xxh3 of the bytes, checked again here: the end-to-end check of the read path), and it is
+not shorter than the length the caller knows the chunk to have (``expect_length``: what the
+MDS recorded, or what this client wrote and had acknowledged). A short replica would read as
+zeros where data exists, i.e. wrong bytes, so it counts as failed and the next replica is
+asked. Bytes past the replica's valid length, within what was asked, are zeros.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import xxhash
+
+from vstore.errors import ChecksumMismatch, ChunkLost, DataError, InternalError, VStoreError
+from vstore.net import Auth, Limits, RpcClient
+from vstore.wire import ErrorCode
+from vstore.wire import cs as wcs
+from vstore.wire import mds as w
+
+log = logging.getLogger(__name__)
+
+#: The checksum block of every replica (fixed for the cluster; the chunkservers' default).
+BLOCK_BYTES = 4096
+
+
+def chain_of(info: w.ChunkInfo) -> tuple[wcs.ChainHop, ...]:
+    """The hops after the head, as a write or fsync names them."""
+    return tuple(wcs.ChainHop(cs_id=r.cs_id, address=r.address) for r in info.replicas[1:])
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class ChunkIo:
+    """Connections to chunkservers and the three data operations on one chunk."""
+
+    def __init__(self, auth: Auth, *, limits: Limits = Limits(), host: str = "",
+                 attempt_deadline_s: float = 10.0) -> None:
+        self.auth = auth
+        self.limits = limits
+        self.host = host
+        self.attempt_deadline_s = attempt_deadline_s
+        self._clients: dict[str, RpcClient] = {}
+        self.stats = {"writes": 0, "reads": 0, "fsyncs": 0, "read_fallbacks": 0, "bytes_written": 0,
+                      "bytes_read": 0}
+
+    def _client(self, address: str) -> RpcClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = RpcClient(_address(address), self.auth, expected_role="cs", limits=self.limits,
+                               default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5)
+            self._clients[address] = client
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    # ---- writes -----------------------------------------------------------------------------------
+
+    async def write(self, info: w.ChunkInfo, offset: int, data: bytes | bytearray | memoryview, *,
+                    create: bool) -> None:
+        """Write ``data`` at ``offset`` of the chunk on every replica of its chain. Raises the
+        chain's error; ``details["failed_cs"]`` names the chunkserver to drop."""
+        if not info.replicas:
+            raise ChunkLost(f"chunk {info.chunk_id:016x} has no replica to write to", details={"chunk": info.chunk_id})
+        head = info.replicas[0]
+        request = wcs.WriteChunkRequest(chunk_id=info.chunk_id, version=info.version, offset=offset,
+                                        checksums=wcs.piece_checksums(offset, data, BLOCK_BYTES), token=info.token,
+                                        chain=chain_of(info), create=create)
+        reply = await self._call(head, request, data)
+        if not isinstance(reply, wcs.WriteChunkReply) or reply.replicas != len(info.replicas):
+            raise InternalError(f"chunk {info.chunk_id:016x}: write acknowledged by "
+                                f"{getattr(reply, 'replicas', '?')} of {len(info.replicas)} replicas")
+        self.stats["writes"] += 1
+        self.stats["bytes_written"] += len(data)
+
+    async def fsync(self, info: w.ChunkInfo) -> None:
+        """Make the chunk's writes durable on every replica of its chain."""
+        if not info.replicas:
+            raise ChunkLost(f"chunk {info.chunk_id:016x} has no replica to fsync", details={"chunk": info.chunk_id})
+        request = wcs.FsyncChunkRequest(chunk_id=info.chunk_id, version=info.version, token=info.token,
+                                        chain=chain_of(info))
+        reply = await self._call(info.replicas[0], request, b"")
+        if not isinstance(reply, wcs.FsyncChunkReply) or reply.replicas != len(info.replicas):
+            raise InternalError(f"chunk {info.chunk_id:016x}: fsync acknowledged by "
+                                f"{getattr(reply, 'replicas', '?')} of {len(info.replicas)} replicas")
+        self.stats["fsyncs"] += 1
+
+    async def _call(self, replica: w.ReplicaAddress, request: object, payload: bytes | bytearray | memoryview) -> object:
+        try:
+            reply = await self._client(replica.address).call(request, payload)  # type: ignore[arg-type]
+        except VStoreError as exc:
+            # unreachable head, broken connection, or an error no hop claimed: the head's
+            exc.details.setdefault("failed_cs", replica.cs_id)
+            raise
+        return reply.message
+
+    # ---- reads ------------------------------------------------------------------------------------
+
+    def read_order(self, replicas: Sequence[w.ReplicaAddress]) -> list[w.ReplicaAddress]:
+        """Replicas on this client's host first, then the MDS's order."""
+        return sorted(replicas, key=lambda r: not (self.host and r.host == self.host))
+
+    async def read(self, info: w.ChunkInfo, offset: int, length: int, *, expect_length: int = 0) -> bytes:
+        """``length`` bytes at ``offset`` of the chunk from the first replica that answers with
+        verified bytes; zeros past the replica's valid length. Raises ChunkLost (details:
+        every replica's error) when none does."""
+        failures: list[str] = []
+        codes: list[int] = []
+        must_have = max(0, min(offset + length, expect_length) - offset)
+        for n, replica in enumerate(self.read_order(info.replicas)):
+            request = wcs.ReadChunkRequest(chunk_id=info.chunk_id, version=info.version, offset=offset,
+                                           length=length, token=info.token)
+            try:
+                reply = await self._client(replica.address).call(request)
+                message, data = reply.message, reply.payload
+                if not isinstance(message, wcs.ReadChunkReply):
+                    raise InternalError(f"unexpected reply {type(message).__name__}")
+                if len(data) > length or xxhash.xxh3_64_intdigest(data) != message.checksum:
+                    raise ChecksumMismatch(f"reply of {len(data)} bytes failed its checksum",
+                                           details={"chunk": info.chunk_id})
+                if len(data) < must_have:
+                    raise DataError(f"replica holds {offset + len(data)} bytes, the chunk has at least "
+                                    f"{offset + must_have}", details={"chunk": info.chunk_id})
+            except VStoreError as exc:
+                failures.append(f"cs {replica.cs_id}: {exc.code.name}: {exc.message}")
+                codes.append(int(exc.code))
+                if n + 1 < len(info.replicas):
+                    self.stats["read_fallbacks"] += 1
+                    log.info("client.read_fallback", extra={"chunk": info.chunk_id, "version": info.version,
+                                                            "cs_id": replica.cs_id, "error": exc.message})
+                continue
+            self.stats["reads"] += 1
+            self.stats["bytes_read"] += len(data)
+            if len(data) < length:
+                return bytes(data) + bytes(length - len(data))
+            return bytes(data)
+        raise ChunkLost(f"chunk {info.chunk_id:016x} version {info.version}: no replica gave verified bytes "
+                        f"({'; '.join(failures) or 'no replicas listed'})",
+                        details={"chunk": info.chunk_id, "version": info.version, "codes": codes,
+                                 "stale": int(ErrorCode.STALE_VERSION) in codes
+                                 or int(ErrorCode.BAD_CAPABILITY) in codes})

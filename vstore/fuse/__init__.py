@@ -1,0 +1,1 @@
+"""The FUSE mount: pyfuse3 on asyncio, translating kernel requests to vstore.client calls."""
