@@ -247,6 +247,8 @@ class FileClient:
                         uid=uid, gid=gid, lane=lane, seq=seq, inode=inode, **fields))
                     state.size = size
                     state.pending.clear()
+                    if self.chunk_bytes:  # chunks wholly past the end are gone: nothing to fsync there
+                        state.unsynced = {i for i in state.unsynced if i * self.chunk_bytes < size}
                     state.forget_chunks()
                     return self.local_attr(_attr(reply))
         reply = await self.mds.mutate(lambda lane, seq: w.SetattrRequest(uid=uid, gid=gid, lane=lane, seq=seq,
@@ -476,6 +478,11 @@ class FileClient:
         deadline = loop.time() + self.options.deadline_s
         backoff = 0.05
         while True:
+            if index not in state.wchunks:
+                # never allocate here: a chunk that is gone (truncated away) has nothing to sync
+                state.rmap.pop(index, None)
+                if await self._read_info(state, index) is None:
+                    return
             info = await self._write_info(state, index)
             try:
                 await self.io.fsync(info)
