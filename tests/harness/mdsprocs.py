@@ -90,7 +90,8 @@ session_expire_s = {session_expire_s}
         self.group.kill(node_id)
 
     def running(self) -> list[str]:
-        return [n for n, p in self.group.procs.items() if p.running]
+        """The MDS processes that are running (other processes of the group are not MDS)."""
+        return [n for n, p in self.group.procs.items() if p.running and n in self.ids]
 
     async def close(self) -> None:
         for link in self.links:

@@ -41,7 +41,7 @@ from vstore.metadata.liveness import CsLiveness, HeartbeatOutcome
 from vstore.metadata.placement import CsId, CsState, CsStatus, ReplicaPolicy
 from vstore.metadata.repair import ChunkState, JobKind, Limits, RepairPlan, Replica, plan_repairs
 from vstore.net.rpc import RequestContext
-from vstore.wire import Datagram, Heartbeat, Message
+from vstore.wire import Datagram, ErrorCode, Heartbeat, Message
 from vstore.wire import mds as w
 from vstore.wire.capability import issue_capability
 
@@ -104,6 +104,7 @@ class ChunkserverManager:
         self._behind: dict[CsId, dict[int, int]] = {}
         self._missing: dict[CsId, set[int]] = {}
         self._waiters: dict[int, asyncio.Future[int]] = {}
+        self._missing_ok: set[int] = set()  # bump orders whose replica may lack the file
         #: (chunk, cs) replicas reported damaged that could not be dropped (the last copy)
         self.damaged: set[tuple[int, CsId]] = set()
         #: chunk id -> monotonic time its write lease ends (no copies while a writer is at it)
@@ -343,6 +344,14 @@ class ChunkserverManager:
         self._busy_chunks.discard(order.chunk_id)
         self._copying.discard(order.chunk_id)
         waiter = self._waiters.pop(m.order_id, None)
+        if m.order_id in self._missing_ok:
+            self._missing_ok.discard(m.order_id)
+            if m.code == ErrorCode.NOT_FOUND:
+                log.info("cs.bump_nothing_there", extra={"cs_id": cs_id, "chunk": order.chunk_id,
+                                                         "version": order.version})
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(0)
+                return w.DoneReply()
         if waiter is not None and not waiter.done():
             waiter.set_result(m.code)
         if order.kind in (w.OrderKind.SET_VERSION, w.OrderKind.TRUNCATE) and not m.code:
@@ -436,12 +445,18 @@ class ChunkserverManager:
 
     async def bump_versions(self, chunk_id: int, replicas: tuple[CsId, ...] | list[CsId], old_version: int,
                             new_version: int, *, truncate_to: int | None = None,
-                            timeout_s: float = 5.0) -> list[CsId]:
+                            timeout_s: float = 5.0, missing_ok: bool = False) -> list[CsId]:
         """Tell each replica to move from ``old_version`` to ``new_version`` (cutting it to
         ``truncate_to`` bytes first, for a truncate) and wait for the answers. Returns the
         replicas that failed or did not answer in time (the caller drops them: their copy is
         stale now). The bump itself is already committed: a replica that misses it is found
-        behind in its next report and brought up to date then."""
+        behind in its next report and brought up to date then.
+
+        ``missing_ok``: a chunkserver that has no file for the chunk counts as bumped. For a
+        chain repair of a chunk nothing was ever written to: its first write failed before
+        any replica was created (an acknowledged write exists on every replica of the chain,
+        so a survivor without the file never acknowledged one), and the writer's resend
+        creates the replicas at the new version."""
         kind = w.OrderKind.SET_VERSION if truncate_to is None else w.OrderKind.TRUNCATE
         loop = asyncio.get_running_loop()
         pending: dict[CsId, asyncio.Future[int]] = {}
@@ -451,6 +466,8 @@ class ChunkserverManager:
             self._busy_chunks.discard(chunk_id)  # a bump does not hold off the planner's other work
             future: asyncio.Future[int] = loop.create_future()
             self._waiters[order.order_id] = future
+            if missing_ok:
+                self._missing_ok.add(order.order_id)
             pending[CsId(cs_id)] = future
         if pending:
             await asyncio.wait(pending.values(), timeout=timeout_s)
@@ -464,6 +481,7 @@ class ChunkserverManager:
         for order_id, flight in list(self._inflight.items()):
             if now - flight.issued_s > self.order_timeout_s:
                 del self._inflight[order_id]
+                self._missing_ok.discard(order_id)
                 self._busy_chunks.discard(flight.order.chunk_id)
                 self._copying.discard(flight.order.chunk_id)
                 queue = self._queues.get(flight.cs_id)

@@ -604,7 +604,8 @@ class MetadataService:
         manager = self._manager()
         # the survivors move to the new version before the writer resends (idempotent, so a
         # retry answered from the session table bumps again, harmlessly)
-        failed = await manager.bump_versions(int(chunk_id), repaired.replicas, m.version, repaired.version)
+        failed = await manager.bump_versions(int(chunk_id), repaired.replicas, m.version, repaired.version,
+                                             missing_ok=chunk.length_bytes == 0)
         if failed:
             await manager.drop_replicas(int(chunk_id), failed, reason="missed the chain repair's version bump")
             repaired = self.sm.chunk(int(chunk_id))
