@@ -32,7 +32,7 @@ from vstore.wire.messages import ErrorReply
 
 __all__ = [
     "AuthFailed", "BadCapability", "Busy", "ChecksumMismatch", "ChunkLost", "ClusterError", "ConfigError",
-    "ConnectionLost", "CrossDevice", "DataError", "DeadlineExceeded", "DiskIOError", "Exists", "FileTooBig",
+    "ConnectionLost", "CrossDevice", "DataError", "DeadlineExceeded", "DiskIOError", "Exists", "FileBusy", "FileTooBig",
     "FsError", "InternalError", "InvalidArgument", "IsDir", "LocalProtocolError", "Loop", "NameTooLong",
     "NoAttribute", "NoChunkservers", "NoSpace", "NotAvailable", "NotDir", "NotEmpty", "NotFound", "NotLeader",
     "NotPermitted", "NotSupported", "PermissionDenied", "ProtocolError", "RangeError", "ReadOnly",
@@ -105,6 +105,7 @@ NotSupported = _fs("NotSupported", ErrorCode.NOT_SUPPORTED)
 StaleHandle = _fs("StaleHandle", ErrorCode.STALE_HANDLE)
 CrossDevice = _fs("CrossDevice", ErrorCode.CROSS_DEVICE)
 Loop = _fs("Loop", ErrorCode.LOOP)
+FileBusy = _fs("FileBusy", ErrorCode.FILE_BUSY)
 
 # ---- data -----------------------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class UnknownMessage(ProtocolError):
 _BY_CODE: dict[ErrorCode, type[VStoreError]] = {}
 for _cls in (UsageError, ConfigError, NotAvailable, NotFound, Exists, NotEmpty, NotDir, IsDir,
              PermissionDenied, NotPermitted, NameTooLong, NoSpace, ReadOnly, InvalidArgument, NoAttribute,
-             RangeError, TooManyLinks, FileTooBig, NotSupported, StaleHandle, CrossDevice, Loop,
+             RangeError, TooManyLinks, FileTooBig, NotSupported, StaleHandle, CrossDevice, Loop, FileBusy,
              ChecksumMismatch, StaleVersion, ChunkLost, BadCapability, DiskIOError, NotLeader, Unavailable,
              NoChunkservers, DeadlineExceeded, Busy, ConnectionLost, InternalError, ProtocolError,
              UnknownMessage, AuthFailed):

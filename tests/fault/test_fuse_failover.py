@@ -6,6 +6,8 @@ every byte written verifies afterwards, also from a second, freshly started moun
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -86,3 +88,43 @@ async def test_a_workload_rides_through_a_chunkserver_and_the_mds_leader_dying(f
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, verify, mnt) == []
     assert await loop.run_in_executor(None, verify, other) == []
+
+
+async def test_the_exclusive_writer_lease_of_a_dead_host_moves_when_its_session_expires(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Live migration after a crash: host A dies (kill -9 of its mount) holding a container
+    image open for writing; host B is refused (EBUSY) until A's session expires, then gets it,
+    and reads everything A had fsynced."""
+    cluster = FsCluster(tmp_path, ("m1",), chunk_bytes=1 << 20, session_expire_s=3,
+                        mds_extra={"cs_offline_after_s": 2, "cs_failed_after_s": 30})
+    async with cluster.running_fs(dump_logs_if=lambda: call_failed(request.node)):
+        a = await cluster.mount("client-a")
+        b = await cluster.mount("client-b")
+        loop = asyncio.get_running_loop()
+        data = os.urandom(2 * MIB)
+
+        def hold() -> int:
+            (a / "images").mkdir()
+            os.setxattr(a / "images", "vstore.exclusive_write", b"1")
+            fd = os.open(a / "images" / "ct.img", os.O_CREAT | os.O_RDWR, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+            return fd
+        fd = await loop.run_in_executor(None, hold)
+
+        def try_open() -> int:
+            try:
+                os.close(os.open(b / "images" / "ct.img", os.O_RDWR))
+                return 0
+            except OSError as exc:
+                return exc.errno
+        try:
+            assert await loop.run_in_executor(None, try_open) == errno.EBUSY
+            cluster.kill("client-a")
+            await wait_for(lambda: try_open() == 0, timeout_s=30, interval_s=0.5,
+                           what="host B gets the lease after host A's session expired")
+            got = await loop.run_in_executor(None, (b / "images" / "ct.img").read_bytes)
+            assert got == data
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # on the dead mount: the kernel answers it without the daemon

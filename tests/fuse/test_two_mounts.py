@@ -4,6 +4,7 @@ cache), and namespace changes of one seen by the other."""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -66,3 +67,29 @@ def _gone_within(path: Path, seconds: float) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_an_image_in_an_exclusive_write_directory_has_one_writing_host(fs: FsCluster, second_mount: Path) -> None:
+    a = fs.mounts["client-1"] / "images"
+    a.mkdir()
+    os.setxattr(a, "vstore.exclusive_write", b"1")
+    assert os.getxattr(a, "vstore.exclusive_write") == b"1"
+    b = second_mount / "images"
+    with open(a / "ct.img", "wb") as writer:
+        writer.write(b"A's disk")
+        writer.flush()
+        with pytest.raises(OSError) as info:
+            open(b / "ct.img", "r+b")
+        assert info.value.errno == errno.EBUSY
+        with open(a / "ct.img", "r+b") as again:  # the same host may open it again
+            again.read()
+        with open(b / "ct.img", "rb") as reader:  # and anyone may read
+            assert reader.read() == b"A's disk"
+    with open(b / "ct.img", "r+b") as taken:  # A closed it: the lease moves to B
+        taken.write(b"B")
+        with pytest.raises(OSError) as info:
+            open(a / "ct.img", "ab")
+        assert info.value.errno == errno.EBUSY
+    assert (a / "ct.img").read_bytes() == b"B's disk"
+    with open(fs.mounts["client-1"] / "free.img", "wb"), open(second_mount / "free.img", "r+b"):
+        pass  # outside the marked directory, no lease

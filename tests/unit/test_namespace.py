@@ -326,7 +326,7 @@ def test_replication_policies_default_to_3_2_and_are_inherited_at_creation(ns: N
     from vstore.metadata.fsm.namespace import SetPolicy
     d = ns.mkdir(ROOT, b"vm-disks")
     assert ns.sm.getattr(d).policy == "3:2"
-    assert ns.do(SetPolicy, inode=d, policy="2") == "2:1"
+    assert list(ns.do(SetPolicy, inode=d, policy="2")) == ["2:1", False]
     f = ns.create(d, b"disk.img")
     sub = ns.mkdir(d, b"sub")
     assert ns.sm.getattr(f).policy == "2:1" and ns.sm.getattr(sub).policy == "2:1"
@@ -336,6 +336,36 @@ def test_replication_policies_default_to_3_2_and_are_inherited_at_creation(ns: N
         ns.do(SetPolicy, inode=d, policy="3:5")
     with pytest.raises(NotPermitted):
         ns.do(SetPolicy, inode=d, policy="3:2", uid=1234, gid=1234)
+
+
+def test_the_exclusive_writer_lease_admits_one_writing_session_and_moves_on_release_or_expiry(ns: NS) -> None:
+    from vstore.errors import FileBusy
+    from vstore.metadata.fsm.namespace import ExpireSession, Open, Release, SetPolicy
+    images = ns.mkdir(ROOT, b"images")
+    assert list(ns.do(SetPolicy, inode=images, exclusive_write=True)) == ["3:2", True]
+    disk = ns.create(images, b"ct1.img")
+    plain = ns.create(ROOT, b"plain")
+    assert ns.sm.getattr(disk).flags and not ns.sm.getattr(plain).flags  # inherited at creation only
+
+    ns.do(Open, inode=disk, session=b"host-a", write=True)
+    ns.do(Open, inode=disk, session=b"host-a", write=True)  # the same client may open it again
+    ns.do(Open, inode=disk, session=b"host-b")              # readers are welcome
+    with pytest.raises(FileBusy, match="exclusive-writer lease"):
+        ns.do(Open, inode=disk, session=b"host-b", write=True)
+    ns.do(Open, inode=plain, session=b"host-a", write=True)
+    ns.do(Open, inode=plain, session=b"host-b", write=True)  # no lease on an unmarked file
+
+    ns.do(Release, inode=disk, session=b"host-a", write=True)
+    with pytest.raises(FileBusy):  # one write handle left on host a
+        ns.do(Open, inode=disk, session=b"host-b", write=True)
+    ns.do(Release, inode=disk, session=b"host-a", write=True)
+    ns.do(Open, inode=disk, session=b"host-b", write=True)  # the lease moved: live migration
+    with pytest.raises(FileBusy):
+        ns.do(Open, inode=disk, session=b"host-a", write=True)
+    ns.do(ExpireSession, session=b"host-b")                  # host b died
+    ns.do(Open, inode=disk, session=b"host-a", write=True)
+    ns.do(SetPolicy, inode=disk, exclusive_write=False)
+    ns.do(Open, inode=disk, session=b"host-c", write=True)
 
 
 def test_readdir_pages_through_100k_entries_of_one_directory_in_name_order(ns: NS) -> None:

@@ -260,7 +260,7 @@ class FileClient:
     async def open(self, inode: int, *, writable: bool, uid: int = 0, gid: int = 0) -> tuple[int, w.Attr]:
         """Open ``inode``: returns (file handle, attributes as the MDS has them now)."""
         attr = _attr(await self.mds.mutate(lambda lane, seq: w.OpenRequest(uid=uid, gid=gid, lane=lane, seq=seq,
-                                                                           inode=inode)))
+                                                                           inode=inode, write=writable)))
         if attr.mode & 0o170000 != w.IFMT_OF_KIND[1]:
             raise InvalidArgument(f"inode {inode} is not a regular file")
         state = self._files.get(inode)
@@ -305,11 +305,11 @@ class FileClient:
         finally:
             if state.handles <= 0:
                 self._files.pop(handle.inode, None)
-                try:
-                    await self.mds.mutate(lambda lane, seq: w.ReleaseRequest(uid=0, gid=0, lane=lane, seq=seq,
-                                                                             inode=handle.inode))
-                except VStoreError as exc:
-                    log.warning("client.release_failed", extra={"inode": handle.inode, "error": exc.message})
+            try:  # every open was counted by the MDS, so every handle is released there
+                await self.mds.mutate(lambda lane, seq: w.ReleaseRequest(uid=0, gid=0, lane=lane, seq=seq,
+                                                                         inode=handle.inode, write=handle.writable))
+            except VStoreError as exc:
+                log.warning("client.release_failed", extra={"inode": handle.inode, "error": exc.message})
 
     async def fsync(self, fh: int) -> None:
         """Data on every replica's disk and size in the MDS's committed state, or an error."""

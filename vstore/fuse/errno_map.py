@@ -31,6 +31,7 @@ ERRNO: dict[ErrorCode, int] = {
     ErrorCode.STALE_HANDLE: errno.ESTALE,
     ErrorCode.CROSS_DEVICE: errno.EXDEV,
     ErrorCode.LOOP: errno.ELOOP,
+    ErrorCode.FILE_BUSY: errno.EBUSY,
     ErrorCode.BUSY: errno.EBUSY,
     ErrorCode.USAGE: errno.EINVAL,
     ErrorCode.CONFIG: errno.EINVAL,

@@ -42,6 +42,10 @@ S_IFMT = 0o170000
 S_IFREG = 0o100000
 #: how long an attribute answer is reused here for a regular file (the kernel is told 0)
 FILE_ATTR_CACHE_S = 1.0
+#: ``setfattr -n vstore.exclusive_write -v 1 DIR``: new files in DIR get the exclusive-writer
+#: lease (a second host opening one for writing gets EBUSY while the first has it open);
+#: ``getfattr`` shows it. Not listed by listxattr: it is a setting, not stored data.
+EXCLUSIVE_WRITE_XATTR = b"vstore.exclusive_write"
 
 
 def _guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -288,6 +292,9 @@ class VstoreOperations(pyfuse3.Operations):
 
     @_guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name == EXCLUSIVE_WRITE_XATTR:
+            attr = await self.mds.getattr(inode)
+            return b"1" if attr.exclusive_write else b"0"
         reply = await self.mds.call(w.GetxattrRequest(uid=ctx.uid, gid=ctx.gid, inode=inode, name=name))
         if not isinstance(reply, w.XattrReply):
             raise pyfuse3.FUSEError(errno.EIO)
@@ -295,6 +302,13 @@ class VstoreOperations(pyfuse3.Operations):
 
     @_guarded
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name == EXCLUSIVE_WRITE_XATTR:
+            if value.strip() not in (b"0", b"1"):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            self._forget_attr(inode)
+            await self.mds.mutate(lambda lane, seq: w.SetPolicyRequest(
+                uid=ctx.uid, gid=ctx.gid, lane=lane, seq=seq, inode=inode, exclusive_write=value.strip() == b"1"))
+            return
         await self.mds.mutate(lambda lane, seq: w.SetxattrRequest(uid=ctx.uid, gid=ctx.gid, lane=lane, seq=seq,
                                                                   inode=inode, name=name, value=value))
 

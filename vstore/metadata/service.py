@@ -50,7 +50,7 @@ import msgspec
 
 from vstore.errors import Exists, NoChunkservers, NoSpace, NotFound, StaleHandle, VStoreError, error_class
 from vstore.metadata.fsm import namespace as ns
-from vstore.metadata.fsm.schema import ROOT_INODE, U64, Chunk, Inode, chunk_decoder, inode_decoder
+from vstore.metadata.fsm.schema import FLAG_EXCLUSIVE_WRITE, ROOT_INODE, U64, Chunk, Inode, chunk_decoder, inode_decoder
 from vstore.metadata.placement import CsStatus, ReplicaPolicy, place_replicas
 from vstore.metadata.raft.node import RaftNode
 from vstore.metadata.raft.statemachine import encode_proposal
@@ -78,7 +78,7 @@ STATE_FULL_RATIO = 0.90
 def attr_of(inode: int, node: Inode) -> w.Attr:
     return w.Attr(inode=inode, mode=node.st_mode, uid=node.uid, gid=node.gid, nlink=node.nlink, size=node.size,
                   atime_ns=node.atime_ns, mtime_ns=node.mtime_ns, ctime_ns=node.ctime_ns, rdev=node.rdev,
-                  policy=node.policy)
+                  policy=node.policy, exclusive_write=bool(node.flags & FLAG_EXCLUSIVE_WRITE))
 
 
 def unwrap(result: Any) -> Any:
@@ -425,18 +425,19 @@ class MetadataService:
     async def _open(self, ctx: RequestContext, m: w.OpenRequest, payload: bytes) -> Message:
         session = session_of_lane(m.lane)
         return _attr_result(await self._mutate(m, lambda now: ns.Open(uid=m.uid, gid=m.gid, now_ns=now,
-                                                                      inode=m.inode, session=session)))
+                                                                      inode=m.inode, session=session,
+                                                                      write=m.write)))
 
     async def _release(self, ctx: RequestContext, m: w.ReleaseRequest, payload: bytes) -> Message:
         session = session_of_lane(m.lane)
         await self._mutate(m, lambda now: ns.Release(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode,
-                                                     session=session), grows=False)
+                                                     session=session, write=m.write), grows=False)
         return w.DoneReply()
 
     async def _set_policy(self, ctx: RequestContext, m: w.SetPolicyRequest, payload: bytes) -> Message:
-        policy = await self._mutate(m, lambda now: ns.SetPolicy(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode,
-                                                                policy=m.policy))
-        return w.PolicyReply(policy=str(policy))
+        policy, exclusive = await self._mutate(m, lambda now: ns.SetPolicy(
+            uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode, policy=m.policy, exclusive_write=m.exclusive_write))
+        return w.PolicyReply(policy=str(policy), exclusive_write=bool(exclusive))
 
     # ---- reads ---------------------------------------------------------------------------------------
 
@@ -475,7 +476,8 @@ class MetadataService:
     async def _get_policy(self, ctx: RequestContext, m: w.GetPolicyRequest, payload: bytes) -> Message:
         await self._read()
         node = self.sm.getattr(m.inode)
-        return w.PolicyReply(policy=node.policy or ns.DEFAULT_POLICY, inherited=not node.policy)
+        return w.PolicyReply(policy=node.policy or ns.DEFAULT_POLICY, inherited=not node.policy,
+                             exclusive_write=bool(node.flags & FLAG_EXCLUSIVE_WRITE))
 
     async def _statfs(self, ctx: RequestContext, m: w.StatfsRequest, payload: bytes) -> Message:
         await self._read()

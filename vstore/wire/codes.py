@@ -49,6 +49,7 @@ class ErrorCode(enum.IntEnum):
     STALE_HANDLE = 56       # ESTALE: the inode is gone
     CROSS_DEVICE = 57       # EXDEV
     LOOP = 58               # ELOOP
+    FILE_BUSY = 59          # EBUSY: another host holds the file's exclusive-writer lease
 
     # --- data: a replica or chunk is not usable ------------------------------------------
     CHECKSUM_MISMATCH = 60  # a block failed its xxh3 check; details: chunk, block. Never the bytes.

@@ -71,6 +71,7 @@ class Attr(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=T
     ctime_ns: Nanos
     rdev: U64 = 0
     policy: str = ""
+    exclusive_write: bool = False
 
 
 class DirEntry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -266,12 +267,15 @@ class OpenRequest(MdsMutation):
 
     TYPE = MsgType.OPEN
     inode: U64
+    #: for writing: refused with FILE_BUSY on an exclusive-write file another session writes
+    write: bool = False
 
 
 @register
 class ReleaseRequest(MdsMutation):
     TYPE = MsgType.RELEASE
     inode: U64
+    write: bool = False
 
 
 @register
@@ -286,7 +290,10 @@ class SetPolicyRequest(MdsMutation):
 
     TYPE = MsgType.SET_POLICY
     inode: U64
-    policy: PolicyText
+    policy: PolicyText | None = None
+    #: the exclusive-writer lease of image files: set (True), clear (False) or leave (None);
+    #: new entries copy it from their directory
+    exclusive_write: bool | None = None
 
 
 @register
@@ -432,6 +439,7 @@ class PolicyReply(Message):
     TYPE = MsgType.POLICY_REPLY
     policy: PolicyText
     inherited: bool = False
+    exclusive_write: bool = False
 
 
 @register

@@ -20,16 +20,17 @@ hard-link counts, the sticky bit on deletion and rename, chmod/chown ownership r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lmdb
 import msgspec
 
-from vstore.errors import (Exists, FileTooBig, InvalidArgument, IsDir, NameTooLong, NoAttribute, NotDir, NotEmpty,
+from vstore.errors import (Exists, FileBusy, FileTooBig, InvalidArgument, IsDir, NameTooLong, NoAttribute, NotDir, NotEmpty,
                            NotFound, NotPermitted, RangeError, TooManyLinks, VStoreError)
 from vstore.metadata.fsm.chunks import ChunkCommands, ChunkTables, check_chunk_bytes, need_regular_file
-from vstore.metadata.fsm.schema import (CHUNK_BYTES_DEFAULT, CHUNK_ID_MAX, EXPIRED_KEEP_NS, FILE_BYTES_MAX, NAME_BYTES_MAX,
-                                        PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX, SYMLINK_BYTES_MAX,
+from vstore.metadata.fsm.schema import (CHUNK_BYTES_DEFAULT, CHUNK_ID_MAX, EXPIRED_KEEP_NS, FILE_BYTES_MAX,
+                                        FLAG_EXCLUSIVE_WRITE, INHERITED_FLAGS, NAME_BYTES_MAX, PERMISSION_BITS, ROOT_INODE, S_ISGID, S_ISUID, S_ISVTX, SYMLINK_BYTES_MAX,
                                         TABLES, U64, XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX, Chunk, CsRecord,
                                         DoomedChunk, Inode, Kind, chunk_decoder, cs_decoder, dentry_key,
                                         doomed_decoder, encoder, inode_decoder, inode_key, xattr_key)
@@ -115,15 +116,19 @@ class SetAttr(Op, tag="setattr"):
 
 
 class Open(Op, tag="open"):
-    """A client session opened the inode: its data must outlive its names until released."""
+    """A client session opened the inode: its data must outlive its names until released.
+    ``write``: for writing; on an inode with FLAG_EXCLUSIVE_WRITE that fails with FileBusy
+    while another session holds it open for writing (the exclusive-writer lease)."""
 
     inode: int
     session: bytes
+    write: bool = False
 
 
 class Release(Op, tag="release"):
     inode: int
     session: bytes
+    write: bool = False
 
 
 class ExpireSession(Op, tag="expire_session"):
@@ -141,7 +146,9 @@ class SetPolicy(Op, tag="set_policy"):
     when they are created (so moving a file later does not silently change its copies)."""
 
     inode: int
-    policy: str
+    policy: str | None = None
+    #: set or clear FLAG_EXCLUSIVE_WRITE (None: unchanged); inherited like the policy
+    exclusive_write: bool | None = None
 
 
 DEFAULT_POLICY = "3:2"
@@ -537,7 +544,8 @@ class _Apply(ChunkCommands):
     def create(self, parent: int, name: bytes, inode: int, node: Inode) -> Any:
         directory = self.new_entry_checks(parent, name)
         self.claim_inode(inode)
-        node = msgspec.structs.replace(node, policy=directory.policy or DEFAULT_POLICY)
+        node = msgspec.structs.replace(node, policy=directory.policy or DEFAULT_POLICY,
+                                       flags=node.flags | (directory.flags & INHERITED_FLAGS))
         if directory.mode & S_ISGID:  # BSD group semantics in setgid directories
             node = msgspec.structs.replace(node, gid=directory.gid,
                                            mode=node.mode | (S_ISGID if node.kind == Kind.DIR else 0))
@@ -634,12 +642,27 @@ class _Apply(ChunkCommands):
         else:
             self.drop_inode(inode)
 
+    def _opens_of(self, inode: int) -> Iterator[tuple[bytes, int, int]]:
+        """(session, handles, write handles) of every session holding ``inode`` open."""
+        cursor = self.txn.cursor(db=self.t[b"opens"])
+        prefix = inode_key(inode)
+        if not cursor.set_range(prefix):
+            return
+        for key, raw in cursor.iternext():
+            if not key.startswith(prefix):
+                return
+            yield bytes(key[len(prefix):]), *_open_counts(raw)
+
     def _open(self, op: Open) -> Any:
         node = self.get(op.inode)
+        if op.write and node.flags & FLAG_EXCLUSIVE_WRITE:
+            for session, _, writers in self._opens_of(op.inode):
+                if writers and session != op.session:
+                    raise FileBusy(f"inode {op.inode} is open for writing by another client "
+                                   f"(session {session.hex()[:8]}); it has an exclusive-writer lease")
         key = inode_key(op.inode) + op.session
-        raw = self.txn.get(key, db=self.t[b"opens"])
-        count = (int.from_bytes(raw, "big") if raw else 0) + 1
-        self.txn.put(key, count.to_bytes(4, "big"), db=self.t[b"opens"])
+        handles, writers = _open_counts(self.txn.get(key, db=self.t[b"opens"]))
+        self.txn.put(key, _open_value(handles + 1, writers + bool(op.write)), db=self.t[b"opens"])
         return (op.inode, encoder.encode(node))
 
     def _release(self, op: Release) -> Any:
@@ -647,9 +670,11 @@ class _Apply(ChunkCommands):
         raw = self.txn.get(key, db=self.t[b"opens"])
         if raw is None:
             raise InvalidArgument(f"session does not hold inode {op.inode} open")
-        count = int.from_bytes(raw, "big") - 1
-        if count:
-            self.txn.put(key, count.to_bytes(4, "big"), db=self.t[b"opens"])
+        handles, writers = _open_counts(raw)
+        handles -= 1
+        writers = max(0, writers - bool(op.write))
+        if handles:
+            self.txn.put(key, _open_value(handles, min(writers, handles)), db=self.t[b"opens"])
         else:
             self.txn.delete(key, db=self.t[b"opens"])
             self.collect_orphan(op.inode)
@@ -806,12 +831,18 @@ class _Apply(ChunkCommands):
         node = self.get(op.inode)
         if op.uid not in (0, node.uid):
             raise NotPermitted("only the owner or root may change the replication policy")
-        try:
-            policy = ReplicaPolicy.parse(op.policy)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        self.put(op.inode, msgspec.structs.replace(node, policy=str(policy), ctime_ns=op.now_ns))
-        return str(policy)
+        changes: dict[str, Any] = {"ctime_ns": op.now_ns}
+        if op.policy is not None:
+            try:
+                changes["policy"] = str(ReplicaPolicy.parse(op.policy))
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+        if op.exclusive_write is not None:
+            changes["flags"] = (node.flags | FLAG_EXCLUSIVE_WRITE) if op.exclusive_write \
+                else (node.flags & ~FLAG_EXCLUSIVE_WRITE)
+        node = msgspec.structs.replace(node, **changes)
+        self.put(op.inode, node)
+        return (node.policy or DEFAULT_POLICY, bool(node.flags & FLAG_EXCLUSIVE_WRITE))
 
     def _setxattr(self, op: SetXattr) -> Any:
         self.get(op.inode)
@@ -881,6 +912,19 @@ class _Apply(ChunkCommands):
         node = msgspec.structs.replace(node, **changes)
         self.put(op.inode, node)
         return (op.inode, encoder.encode(node))
+
+
+def _open_counts(raw: bytes | None) -> tuple[int, int]:
+    """(handles, write handles) of an ``opens`` value (4 bytes: no writers recorded)."""
+    if raw is None:
+        return 0, 0
+    if len(raw) == 4:
+        return int.from_bytes(raw, "big"), 0
+    return int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:8], "big")
+
+
+def _open_value(handles: int, writers: int) -> bytes:
+    return handles.to_bytes(4, "big") + writers.to_bytes(4, "big")
 
 
 __all__ = ["Command", "InitRoot", "Link", "Mkdir", "Mknod", "NamespaceStateMachine", "Op", "RemoveXattr", "Rename",

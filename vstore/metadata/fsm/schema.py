@@ -15,7 +15,8 @@ file's chunks sit together, sorted by index.
                   b"next_chunk"                          u64: every chunk id below it was handed out
                   b"next_cs"                             u64: every chunkserver id below it was handed out
     cluster       b"chunk_bytes"                         u64: the chunk size, fixed by InitRoot (mkfs)
-    opens         inode u64 + session id bytes           u32: how many handles that session holds
+    opens         inode u64 + session id bytes           u32 handles that session holds, u32 of them
+                                                         for writing (a 4-byte value: none)
     orphans       inode u64                              b"": unlinked (nlink 0) but still open
     chunks        chunk_id u64                           msgpack Chunk
     file_chunks   inode u64 + chunk index u32            chunk_id u64 (a missing index is a hole)
@@ -125,6 +126,12 @@ S_ISGID = 0o2000
 S_ISUID = 0o4000
 
 
+#: Inode flag: a write open by one client session makes write opens by others fail with
+#: FILE_BUSY until it closes or its session expires (container disk images; issue 6).
+FLAG_EXCLUSIVE_WRITE = 1
+INHERITED_FLAGS = FLAG_EXCLUSIVE_WRITE
+
+
 class Inode(msgspec.Struct, array_like=True, frozen=True):
     kind: int
     mode: int            # permission bits only (PERMISSION_BITS); the type is ``kind``
@@ -138,6 +145,7 @@ class Inode(msgspec.Struct, array_like=True, frozen=True):
     rdev: int = 0
     parent: int = 0      # directories only: the directory that holds it
     policy: str = ""     # replication policy set on this inode ("" = inherit from the parent)
+    flags: int = 0       # FLAG_* bits; new entries copy their directory's INHERITED_FLAGS
 
     @property
     def is_dir(self) -> bool:
