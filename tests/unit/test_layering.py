@@ -35,7 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "vstore.chunkserver": {"vstore.wire", "vstore.net", "vstore.errors", "vstore.config", "vstore.logs",
                            "vstore.metrics", "vstore.failpoints"},
     "vstore.client": {"vstore.wire", "vstore.net", "vstore.errors", "vstore.logs", "vstore.metrics"},
-    "vstore.fuse": {"vstore.client", "vstore.errors", "vstore.logs", "vstore.metrics"},
+    # the mount reads its config; ops speak in the wire's data types (Attr, ErrorCode), never to the network
+    "vstore.fuse": {"vstore.client", "vstore.errors", "vstore.logs", "vstore.metrics", "vstore.config", "vstore.wire"},
     "vstore.cli": {"vstore"},  # the top: anything
     "vstore": set(),           # vstore/__init__.py
 }

@@ -158,11 +158,56 @@ class MdsLink(LeaderCaller):
                 return out
             after = reply.entries[-1].name
 
+    async def symlink(self, parent: int, name: bytes, target: bytes, *, uid: int = 0, gid: int = 0) -> w.Attr:
+        return _attr(await self.mutate(lambda lane, seq: w.SymlinkRequest(
+            uid=uid, gid=gid, lane=lane, seq=seq, parent=parent, name=name, target=target)))
+
+    async def link(self, inode: int, parent: int, name: bytes, *, uid: int = 0, gid: int = 0) -> w.Attr:
+        return _attr(await self.mutate(lambda lane, seq: w.LinkRequest(
+            uid=uid, gid=gid, lane=lane, seq=seq, inode=inode, parent=parent, name=name)))
+
+    async def readlink(self, inode: int, *, uid: int = 0, gid: int = 0) -> bytes:
+        return _expect(await self.call(w.ReadlinkRequest(uid=uid, gid=gid, inode=inode)), w.ReadlinkReply).target
+
+    async def statfs(self, *, uid: int = 0, gid: int = 0) -> w.StatfsReply:
+        return _expect(await self.call(w.StatfsRequest(uid=uid, gid=gid)), w.StatfsReply)
+
+    async def getxattr(self, inode: int, name: bytes, *, uid: int = 0, gid: int = 0) -> bytes:
+        return _expect(await self.call(w.GetxattrRequest(uid=uid, gid=gid, inode=inode, name=name)),
+                       w.XattrReply).value
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, *, uid: int = 0, gid: int = 0) -> None:
+        await self.mutate(lambda lane, seq: w.SetxattrRequest(uid=uid, gid=gid, lane=lane, seq=seq, inode=inode,
+                                                              name=name, value=value))
+
+    async def listxattr(self, inode: int, *, uid: int = 0, gid: int = 0) -> list[bytes]:
+        return list(_expect(await self.call(w.ListxattrRequest(uid=uid, gid=gid, inode=inode)),
+                            w.XattrListReply).names)
+
+    async def removexattr(self, inode: int, name: bytes, *, uid: int = 0, gid: int = 0) -> None:
+        await self.mutate(lambda lane, seq: w.RemovexattrRequest(uid=uid, gid=gid, lane=lane, seq=seq, inode=inode,
+                                                                 name=name))
+
+    async def set_policy(self, inode: int, *, policy: str | None = None, exclusive_write: bool | None = None,
+                         uid: int = 0, gid: int = 0) -> w.PolicyReply:
+        return _expect(await self.mutate(lambda lane, seq: w.SetPolicyRequest(
+            uid=uid, gid=gid, lane=lane, seq=seq, inode=inode, policy=policy, exclusive_write=exclusive_write)),
+            w.PolicyReply)
+
     async def status(self, address: str) -> w.MdsStatusReply:
         """The status of one particular MDS (no leader following, one attempt)."""
         reply = await self._client(address).call(w.MdsStatusRequest(), deadline_s=self.attempt_deadline_s)
         assert isinstance(reply.message, w.MdsStatusReply)
         return reply.message
+
+
+R = TypeVar("R")
+
+
+def _expect(reply: Any, cls: type[R]) -> R:
+    if not isinstance(reply, cls):
+        raise VStoreError(f"expected {cls.__name__}, got {type(reply).__name__}")
+    return reply
 
 
 def _attr(reply: Any) -> w.Attr:

@@ -23,13 +23,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vstore.client.chunk_io import ChunkIo
+from vstore.client.factory import file_client
 from vstore.client.files import ClientOptions, FileClient
-from vstore.client.mds_link import MdsLink, client_node_id
 from vstore.config import ClientConfig
 from vstore.errors import UsageError, UserError, VStoreError
-from vstore.net import Auth, limits_of, read_secret_file
-from vstore.wire import FrameAuth, Identity
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +53,13 @@ def check_mountpoint(path: str) -> str:
 
 
 def build_client(config: ClientConfig, mountpoint: str = "") -> FileClient:
-    secret = read_secret_file(config.cluster.secret_file)
     c = config.client
-    host = c.host
-    node_id = c.id or client_node_id(host or None)
-    auth = Auth(secret, Identity(config.cluster.id, node_id, "client"), frame_auth=FrameAuth(config.net.frame_auth))
-    limits = limits_of(config.net)
-    mds = MdsLink([(a.host, a.port) for a in config.cluster.mds], auth, deadline_s=float(c.deadline_s),
-                  limits=limits, host=host or None, mountpoint=mountpoint)
-    io = ChunkIo(auth, limits=limits, host=host or mds.host)
     options = ClientOptions(deadline_s=float(c.deadline_s), io_bytes=c.io_bytes, writeback_bytes=c.writeback_bytes,
                             writeback_age_s=c.writeback_age_ms / 1000, readahead_bytes=c.readahead_bytes,
-                            host=host or mds.host)
-    return FileClient(mds, io, options)
+                            host=c.host)
+    return file_client(cluster_id=config.cluster.id, mds=[(a.host, a.port) for a in config.cluster.mds],
+                       secret_file=config.cluster.secret_file, net=config.net, frame_auth=config.net.frame_auth,
+                       node_id=c.id, host=c.host, mountpoint=mountpoint, options=options)
 
 
 async def serve_mount(config: ClientConfig, mountpoint: str, *, allow_other: bool = False,

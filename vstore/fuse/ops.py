@@ -167,24 +167,19 @@ class VstoreOperations(pyfuse3.Operations):
     @_guarded
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        reply = await self.mds.mutate(lambda lane, seq: w.SymlinkRequest(
-            uid=ctx.uid, gid=ctx.gid, lane=lane, seq=seq, parent=parent_inode, name=name, target=target))
-        return self._entry(self._remember(_attr(reply)))
+        return self._entry(self._remember(await self.mds.symlink(parent_inode, name, target, uid=ctx.uid,
+                                                                 gid=ctx.gid)))
 
     @_guarded
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._forget_attr(inode)
-        reply = await self.mds.mutate(lambda lane, seq: w.LinkRequest(
-            uid=ctx.uid, gid=ctx.gid, lane=lane, seq=seq, inode=inode, parent=new_parent_inode, name=new_name))
-        return self._entry(self._remember(_attr(reply)))
+        return self._entry(self._remember(await self.mds.link(inode, new_parent_inode, new_name, uid=ctx.uid,
+                                                              gid=ctx.gid)))
 
     @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        reply = await self.mds.call(w.ReadlinkRequest(uid=ctx.uid, gid=ctx.gid, inode=inode))
-        if not isinstance(reply, w.ReadlinkReply):
-            raise pyfuse3.FUSEError(errno.EIO)
-        return reply.target
+        return await self.mds.readlink(inode, uid=ctx.uid, gid=ctx.gid)
 
     @_guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -274,9 +269,7 @@ class VstoreOperations(pyfuse3.Operations):
 
     @_guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        reply = await self.mds.call(w.StatfsRequest(uid=ctx.uid, gid=ctx.gid))
-        if not isinstance(reply, w.StatfsReply):
-            raise pyfuse3.FUSEError(errno.EIO)
+        reply = await self.mds.statfs(uid=ctx.uid, gid=ctx.gid)
         st = pyfuse3.StatvfsData()
         bs = reply.block_bytes or 4096
         st.f_bsize = bs
@@ -295,10 +288,7 @@ class VstoreOperations(pyfuse3.Operations):
         if name == EXCLUSIVE_WRITE_XATTR:
             attr = await self.mds.getattr(inode)
             return b"1" if attr.exclusive_write else b"0"
-        reply = await self.mds.call(w.GetxattrRequest(uid=ctx.uid, gid=ctx.gid, inode=inode, name=name))
-        if not isinstance(reply, w.XattrReply):
-            raise pyfuse3.FUSEError(errno.EIO)
-        return reply.value
+        return await self.mds.getxattr(inode, name, uid=ctx.uid, gid=ctx.gid)
 
     @_guarded
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -306,30 +296,19 @@ class VstoreOperations(pyfuse3.Operations):
             if value.strip() not in (b"0", b"1"):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             self._forget_attr(inode)
-            await self.mds.mutate(lambda lane, seq: w.SetPolicyRequest(
-                uid=ctx.uid, gid=ctx.gid, lane=lane, seq=seq, inode=inode, exclusive_write=value.strip() == b"1"))
+            await self.mds.set_policy(inode, exclusive_write=value.strip() == b"1", uid=ctx.uid, gid=ctx.gid)
             return
-        await self.mds.mutate(lambda lane, seq: w.SetxattrRequest(uid=ctx.uid, gid=ctx.gid, lane=lane, seq=seq,
-                                                                  inode=inode, name=name, value=value))
+        await self.mds.setxattr(inode, name, value, uid=ctx.uid, gid=ctx.gid)
 
     @_guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        reply = await self.mds.call(w.ListxattrRequest(uid=ctx.uid, gid=ctx.gid, inode=inode))
-        if not isinstance(reply, w.XattrListReply):
-            raise pyfuse3.FUSEError(errno.EIO)
-        return list(reply.names)
+        return await self.mds.listxattr(inode, uid=ctx.uid, gid=ctx.gid)
 
     @_guarded
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.mds.mutate(lambda lane, seq: w.RemovexattrRequest(uid=ctx.uid, gid=ctx.gid, lane=lane, seq=seq,
-                                                                     inode=inode, name=name))
+        await self.mds.removexattr(inode, name, uid=ctx.uid, gid=ctx.gid)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, _ in inode_list:
             self._attrs.pop(inode, None)
 
-
-def _attr(reply: Any) -> w.Attr:
-    if not isinstance(reply, w.AttrReply):
-        raise VStoreError(f"expected AttrReply, got {type(reply).__name__}")
-    return reply.attr
