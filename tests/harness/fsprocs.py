@@ -47,8 +47,16 @@ reserve_bytes = 0
     return path
 
 
+def is_mounted(path: Path) -> bool:
+    """In the mount table: also true for a dead FUSE mount (whose lstat fails with ENOTCONN,
+    which makes os.path.ismount say False)."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1].replace("\\040", " ") == target for line in mounts if line.strip())
+
+
 def unmount(path: Path) -> None:
-    if os.path.ismount(path):
+    if is_mounted(path):
         if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
 

@@ -53,7 +53,7 @@ import msgspec
 
 from vstore.client.chunk_io import ChunkIo
 from vstore.client.mds_link import MdsLink
-from vstore.errors import (BadCapability, DeadlineExceeded, FileTooBig, InvalidArgument, NotPermitted, StaleHandle,
+from vstore.errors import (BadCapability, DeadlineExceeded, FileBusy, FileTooBig, InvalidArgument, NotPermitted, StaleHandle,
                            VStoreError)
 from vstore.wire import ErrorCode
 from vstore.wire import mds as w
@@ -78,6 +78,7 @@ class ClientOptions:
     inflight: int = 4                   # chain writes in flight per flush
     readahead_bytes: int = 4 * MIB      # the largest read-ahead window
     map_ttl_s: float = 30.0             # a cached chunk map (for reads) is fetched again after this
+    busy_wait_s: float = 3.0            # an open refused by another host's exclusive-writer lease is retried this long
     host: str = ""                      # this client's failure-domain label (a local replica is read first)
 
 
@@ -258,9 +259,24 @@ class FileClient:
     # ---- open and close ---------------------------------------------------------------------------
 
     async def open(self, inode: int, *, writable: bool, uid: int = 0, gid: int = 0) -> tuple[int, w.Attr]:
-        """Open ``inode``: returns (file handle, attributes as the MDS has them now)."""
-        attr = _attr(await self.mds.mutate(lambda lane, seq: w.OpenRequest(uid=uid, gid=gid, lane=lane, seq=seq,
-                                                                           inode=inode, write=writable)))
+        """Open ``inode``: returns (file handle, attributes as the MDS has them now).
+
+        FileBusy (an exclusive-write file another host writes) is retried for
+        ``busy_wait_s``: close(2) on that host returns before its kernel sends the release,
+        so an open right after the other host's close would otherwise see the lease held."""
+        loop = asyncio.get_running_loop()
+        busy_until = loop.time() + self.options.busy_wait_s
+        backoff = 0.05
+        while True:
+            try:
+                attr = _attr(await self.mds.mutate(lambda lane, seq: w.OpenRequest(
+                    uid=uid, gid=gid, lane=lane, seq=seq, inode=inode, write=writable)))
+                break
+            except FileBusy:
+                if loop.time() + backoff > busy_until:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(0.5, backoff * 2)
         if attr.mode & 0o170000 != w.IFMT_OF_KIND[1]:
             raise InvalidArgument(f"inode {inode} is not a regular file")
         state = self._files.get(inode)
@@ -370,26 +386,27 @@ class FileClient:
         self.stats["flushes"] += 1
         try:
             pieces = list(self._pieces(state.flushing))
-            failed: list[tuple[int, int, memoryview]] = []
-            queue = iter(pieces)
+            written = [False] * len(pieces)
+            queue = iter(range(len(pieces)))
 
             async def worker() -> None:
-                for index, in_chunk, view in queue:
-                    try:
-                        await self._write_piece(state, index, in_chunk, view)
-                    except VStoreError:
-                        failed.append((index, in_chunk, view))
-                        raise
+                for n in queue:
+                    index, in_chunk, view = pieces[n]
+                    await self._write_piece(state, index, in_chunk, view)
+                    written[n] = True
 
             results = await asyncio.gather(*(worker() for _ in range(max(1, self.options.inflight))),
                                            return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
-                # what failed stays dirty (below anything written since) so a later flush can retry it
-                for index, in_chunk, view in failed:
+                # every piece not written (failed, or left in the queue when the workers
+                # stopped) stays dirty, below anything written since, for a later flush
+                state.flushing, kept = [], state.flushing
+                for n, (index, in_chunk, view) in enumerate(pieces):
                     start = index * self.chunk_bytes + in_chunk
-                    if not state.overlaps_dirty(start, len(view)):
+                    if not written[n] and not state.overlaps_dirty(start, len(view)):
                         state.add(start, bytes(view))
+                del kept
                 for error in errors:
                     if not isinstance(error, VStoreError):
                         raise error
