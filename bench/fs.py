@@ -243,10 +243,10 @@ def passthrough_target(base: Path) -> Iterator[Path]:
 @contextmanager
 def vstore_target(base: Path) -> Iterator[Path]:
     from tests.harness.fsprocs import FsCluster
+    (base / "vstore").mkdir(exist_ok=True)
     cluster = FsCluster(base / "vstore", ("m1", "m2", "m3"), chunk_bytes=64 * MIB)
     loop = asyncio.new_event_loop()
     ctx = cluster.running_fs()
-    (base / "vstore").mkdir(exist_ok=True)
     try:
         loop.run_until_complete(ctx.__aenter__())
         mnt = loop.run_until_complete(cluster.mount("bench-client"))

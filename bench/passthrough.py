@@ -46,7 +46,8 @@ class Passthrough(pyfuse3.Operations):
     def _entry(self, path: str) -> pyfuse3.EntryAttributes:
         st = _os(os.lstat, path)
         inode = pyfuse3.ROOT_INODE if path == self.paths[pyfuse3.ROOT_INODE] else st.st_ino
-        self.paths.setdefault(inode, path)
+        if inode != pyfuse3.ROOT_INODE:
+            self.paths[inode] = path  # the latest name: the source reuses inode numbers after unlink
         e = pyfuse3.EntryAttributes()
         for name in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_atime_ns", "st_mtime_ns",
                      "st_ctime_ns", "st_blksize", "st_blocks"):
@@ -75,8 +76,9 @@ class Passthrough(pyfuse3.Operations):
             _os(os.chown, path, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1)
         if fields.update_atime or fields.update_mtime:
             st = _os(os.lstat, path)
-            _os(os.utime, path, None, (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                                       attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
+            times = (attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                     attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns)
+            _os(lambda: os.utime(path, ns=times))
         return self._entry(path)
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
