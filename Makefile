@@ -31,6 +31,7 @@ bench: install
 	$(PY) bench/raft.py
 	$(PY) bench/metadata.py
 	$(PY) bench/chunkserver.py
+	$(PY) bench/fs.py
 
 # thousands of seeds per Raft simulator scenario (the default suite runs a few hundred)
 soak: install
