@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from vstore import __version__
-from vstore.cli import config_cmd, mount_cmd, planned, serve
+from vstore.cli import config_cmd, demo, mount_cmd, planned, serve
 from vstore.errors import UsageError, UserError, VStoreError
 
 EXIT_OK = 0
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmd.add_command(commands)
     serve.add_command(commands)
     mount_cmd.add_commands(commands)
+    demo.add_command(commands)
     return parser
 
 

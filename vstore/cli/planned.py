@@ -78,11 +78,6 @@ def _scrub(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", nargs="?", default="/")
 
 
-@_planned("demo", "run a local 3 MDS + 3 chunkserver cluster, mounted, until Ctrl-C", _OPS)
-def _demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dir", default="./vstore-demo", help="where the demo keeps its data and mount")
-
-
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name, (help_text, issue, add_arguments) in _PLANNED.items():
         parser = commands.add_parser(name, help=f"{help_text} [not available yet]", description=help_text)
