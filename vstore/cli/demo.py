@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import secrets
@@ -40,6 +41,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
                                         "keep it running until Ctrl-C.")
     p.add_argument("--dir", default="./vstore-demo", help="where the demo keeps its data and mount")
     p.set_defaults(handler=_demo)
+
+
+def _die_with_parent() -> None:
+    """In each child, before exec: SIGTERM when the demo process dies, however it dies (even
+    kill -9), so no node or mount outlives it (Linux PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -88,7 +96,7 @@ class Demo:
         with open(self.root / "logs" / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "vstore.cli.main", *args], stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True)
+                                                start_new_session=True, preexec_fn=_die_with_parent)
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
