@@ -28,13 +28,6 @@ def _planned(name: str, help_text: str, issue: str) -> Callable[[Callable[[argpa
 _OPS = "issue #7 (operating a cluster)"
 
 
-@_planned("mkfs", "create a cluster: its first MDS, cluster id, secret and admin password", _OPS)
-def _mkfs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", required=True, metavar="NAME", help="cluster name")
-    p.add_argument("--data", required=True, metavar="DIR", help="data directory of the first MDS (must be empty)")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address the first MDS serves on")
-
-
 @_planned("add-node", "join an MDS or a chunkserver to an existing cluster", _OPS)
 def _add_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", required=True, choices=["mds", "cs"])

@@ -55,7 +55,7 @@ def _claim(data_dir: Path, node_id: str, cluster_id: str, map_size_bytes: int) -
 
 def init_founding_member(data_dir: Path, *, node_id: str, cluster_id: str, members: Sequence[tuple[str, str]],
                          root_now_ns: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                         map_size_bytes: int = 1 << 30) -> None:
+                         map_size_bytes: int = 1 << 30, admin_password_hash: str = "") -> None:
     """Write the first log of a founding member. ``members`` lists (node id, address) of
     every founding voter, identical on each of them (one for ``vstore mkfs``); the root's
     timestamps come from ``root_now_ns``, which must be the same on every founder."""
@@ -66,7 +66,8 @@ def init_founding_member(data_dir: Path, *, node_id: str, cluster_id: str, membe
         entries = [Entry.make(i + 1, 1, encode_conf_change(ConfChange(type=ConfChangeType.ADD_VOTER, node_id=member,
                                                                       address=address)), EntryType.CONF_CHANGE)
                    for i, (member, address) in enumerate(members)]
-        root = encode_command(InitRoot(uid=0, gid=0, now_ns=root_now_ns, chunk_bytes=chunk_bytes))
+        root = encode_command(InitRoot(uid=0, gid=0, now_ns=root_now_ns, chunk_bytes=chunk_bytes,
+                                       admin_password_hash=admin_password_hash))
         entries.append(Entry.make(len(entries) + 1, 1, encode_proposal("", 0, root)))
         store.bootstrap(entries, HardState(term=1, commit=len(entries)))
     finally:

@@ -54,6 +54,8 @@ class InitRoot(Op, tag="init"):
 
     mode: int = 0o755
     chunk_bytes: int = CHUNK_BYTES_DEFAULT
+    #: the dashboard's admin password as vstore/metadata/passwords.py stores it ("" = none)
+    admin_password_hash: str = ""
 
 
 class Mknod(Op, tag="mknod"):
@@ -354,6 +356,12 @@ class NamespaceStateMachine(LmdbStateMachine):
         """The base class's ``sessions`` table (one exactly-once record per client lane)."""
         return self._sessions
 
+    def admin_password_hash(self) -> str:
+        """The dashboard admin password's stored hash, set by mkfs ("" if none)."""
+        with self.env.begin() as txn:
+            raw = txn.get(b"admin_password_hash", db=self.tables[b"cluster"])
+        return bytes(raw).decode() if raw else ""
+
     def chunk_bytes(self) -> int:
         """The cluster's chunk size, fixed at mkfs."""
         with self.env.begin() as txn:
@@ -570,6 +578,8 @@ class _Apply(ChunkCommands):
         self.put(ROOT_INODE, msgspec.structs.replace(root, policy=DEFAULT_POLICY))
         self.txn.put(b"next_inode", U64.pack(ROOT_INODE + 1), db=self.t[b"counters"])
         self.txn.put(b"chunk_bytes", U64.pack(op.chunk_bytes), db=self.t[b"cluster"])
+        if op.admin_password_hash:
+            self.txn.put(b"admin_password_hash", op.admin_password_hash.encode(), db=self.t[b"cluster"])
         return ROOT_INODE
 
     def _mknod(self, op: Mknod) -> Any:
