@@ -28,7 +28,6 @@ def test_help_lists_every_command_and_the_exit_codes(capsys) -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["add-node", "--role", "cs", "--join", "h:1", "--data", "/d", "--listen", "h:2"],
     ["rm-node", "cs-1"], ["status"],
     ["top"], ["get-attr", "/a"], ["set-attr", "/a", "replicas=3:2"], ["scrub"],
 ])

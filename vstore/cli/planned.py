@@ -28,17 +28,6 @@ def _planned(name: str, help_text: str, issue: str) -> Callable[[Callable[[argpa
 _OPS = "issue #7 (operating a cluster)"
 
 
-@_planned("add-node", "join an MDS or a chunkserver to an existing cluster", _OPS)
-def _add_node(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--role", required=True, choices=["mds", "cs"])
-    p.add_argument("--join", required=True, metavar="HOST:PORT", help="address of any MDS of the cluster")
-    p.add_argument("--data", required=True, metavar="DIR", help="data directory of the new node")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address the new node serves on")
-    p.add_argument("--host", help="failure-domain host label (default: this machine's hostname)")
-    p.add_argument("--rack", help="failure-domain rack label")
-    p.add_argument("--secret-file", metavar="FILE", help="cluster secret (asked for when omitted)")
-
-
 @_planned("rm-node", "drain and remove a chunkserver, or remove an MDS", _OPS)
 def _rm_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("node_id", metavar="ID")

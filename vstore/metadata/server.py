@@ -76,6 +76,7 @@ class MdsServer:
                                                write_lease_s=float(mds.write_lease_s),
                                                capability_skew_s=float(mds.capability_skew_s))
         self.service.chunkservers = self.chunkservers
+        self.service.cluster_name = config.cluster.name
         self._dgram_key = datagram_key(secret, config.cluster.id)
         self.heartbeats: DatagramChannel | None = None
         router = Router()

@@ -169,6 +169,7 @@ class MetadataService:
         self.sessions: dict[bytes, tuple[float, str, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = {"mutations": 0, "reads": 0, "barriers": 0, "sessions_expired": 0}
+        self.cluster_name = ""  # the [cluster] name, shown in status replies (set by the server)
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -624,7 +625,8 @@ class MetadataService:
         return w.MdsStatusReply(node_id=self.node.id, role=str(st["role"]), term=int(st["term"]),
                                 leader_id=st["leader"] or "", leader_address=self.node.leader_address() or "",
                                 commit=int(st["commit"]), applied=index, state_hash=state_hash, raft=raft,
-                                chunks=self.chunkservers.summary() if self.chunkservers and self.serving else {})
+                                chunks=self.chunkservers.summary() if self.chunkservers and self.serving else {},
+                                cluster_name=self.cluster_name)
 
 
 __all__ = ["MetadataService", "attr_of", "unwrap"]

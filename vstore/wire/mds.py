@@ -480,6 +480,8 @@ class MdsStatusReply(Message):
     raft: dict[str, int | str | list[str] | dict[str, str]] = {}
     #: the leader's chunk health and repair counters (vstore/metadata/chunkservers.py summary)
     chunks: dict[str, int] = {}
+    #: the cluster's human name (its [cluster] name), for tools that join a node to it
+    cluster_name: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 # ---- chunkserver -> MDS -----------------------------------------------------------------------
