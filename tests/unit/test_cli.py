@@ -28,7 +28,7 @@ def test_help_lists_every_command_and_the_exit_codes(capsys) -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["rm-node", "cs-1"], ["status"],
+    ["rm-node", "cs-1"],
     ["top"], ["get-attr", "/a"], ["set-attr", "/a", "replicas=3:2"], ["scrub"],
 ])
 def test_commands_not_built_yet_say_so_and_exit_3(argv: list[str], capsys) -> None:
@@ -112,7 +112,7 @@ def test_the_installed_console_script_runs_without_a_traceback(tmp_path: Path) -
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     proc = subprocess.run([str(script), "mkfs"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert proc.returncode == EXIT_USAGE and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
-    proc = subprocess.run([str(script), "status"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    proc = subprocess.run([str(script), "top"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert proc.returncode == EXIT_NOT_AVAILABLE and "not available in this version yet" in proc.stderr
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("vstore ")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from vstore import __version__
-from vstore.cli import add_node, config_cmd, demo, mkfs, mount_cmd, planned, serve
+from vstore.cli import add_node, config_cmd, demo, mkfs, mount_cmd, planned, serve, status
 from vstore.errors import UsageError, UserError, VStoreError
 
 EXIT_OK = 0
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_command(commands)
     mkfs.add_command(commands)
     add_node.add_command(commands)
+    status.add_command(commands)
     return parser
 
 

@@ -34,11 +34,6 @@ def _rm_node(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="allow losing the last copy or quorum")
 
 
-@_planned("status", "cluster health summary (exit 0 healthy, 1 degraded, 2 unavailable)", _OPS)
-def _status(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 @_planned("top", "live terminal view of MDS, chunkservers, chunk health and rebuilds", _OPS)
 def _top(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval-s", type=float, default=1.0)
