@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from vstore import __version__
-from vstore.cli import add_node, config_cmd, demo, mkfs, mount_cmd, planned, serve, status
+from vstore.cli import add_node, attrs, config_cmd, demo, mkfs, mount_cmd, planned, serve, status
 from vstore.errors import UsageError, UserError, VStoreError
 
 EXIT_OK = 0
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     mkfs.add_command(commands)
     add_node.add_command(commands)
     status.add_command(commands)
+    attrs.add_commands(commands)
     return parser
 
 

@@ -39,17 +39,6 @@ def _top(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval-s", type=float, default=1.0)
 
 
-@_planned("get-attr", "show a path's replication policy", _OPS)
-def _get_attr(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path")
-
-
-@_planned("set-attr", "set a path's replication policy, e.g. replicas=3:2", _OPS)
-def _set_attr(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path")
-    p.add_argument("attribute", metavar="replicas=N:MIN")
-
-
 @_planned("scrub", "verify every replica's checksums under a path, with a report", _OPS)
 def _scrub(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", nargs="?", default="/")
