@@ -506,6 +506,11 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
     TOML, or breaks any rule. Deterministic: the same bytes give the same result.
     """
     file = os.fspath(path)
+    return parse_config(_read_text(file), file)
+
+
+def _read_text(file: str) -> str:
+    """A config file's text: ConfigError when it cannot be read, is over 1 MiB or is not UTF-8."""
     try:
         with open(file, "rb") as fp:
             data = fp.read(_MAX_FILE_BYTES + 1)
@@ -517,7 +522,7 @@ def load_config(path: str | os.PathLike[str]) -> NodeConfig:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(file, "", f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
-    return parse_config(text, file)
+    return text
 
 
 def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:
@@ -525,25 +530,11 @@ def load_client_config(path: str | os.PathLike[str]) -> ClientConfig:
     [tls], [log]) or any node's config (its [cluster], [net], [tls] and [log] are used, with
     [client] defaults). Raises ConfigError like ``load_config``."""
     file = os.fspath(path)
-    try:
-        with open(file, "rb") as fp:
-            data = fp.read(_MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(file, "", f"cannot read config file: {exc.strerror or exc}") from None
-    if len(data) > _MAX_FILE_BYTES:
-        raise ConfigError(file, "", f"larger than {_MAX_FILE_BYTES} bytes; is this really a config file?")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(file, "", f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
-    return parse_client_config(text, file)
+    return parse_client_config(_read_text(file), file)
 
 
 def parse_client_config(text: str, file: str = "<string>") -> ClientConfig:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, "", f"TOML syntax error: {_one_line(str(exc))}") from None
+    doc = _toml(text, file)
     if "node" in doc:
         node = _build(doc, file)
         return ClientConfig(cluster=node.cluster, net=node.net, tls=node.tls, log=node.log, client=ClientSection())
@@ -570,11 +561,15 @@ def parse_config(text: str, file: str = "<string>") -> NodeConfig:
     sections first, then [node] (so the role is known), then the other sections in the
     order of NodeConfig's fields. Deterministic.
     """
+    doc = _toml(text, file)
+    return _build(doc, file)
+
+
+def _toml(text: str, file: str) -> dict[str, Any]:
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"TOML syntax error: {_one_line(str(exc))}") from None
-    return _build(doc, file)
 
 
 def _build(doc: dict[str, Any], file: str) -> NodeConfig:

@@ -6,13 +6,11 @@ line each and nothing changed."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness.procs import ProcessGroup, free_port
+from tests.harness.procs import ProcessGroup, free_port, vstore
 from tests.harness.wait import wait_for
 from vstore.client.mds_link import MdsLink, client_node_id
 from vstore.config import load_config
@@ -20,10 +18,6 @@ from vstore.net import Auth, read_secret_file
 from vstore.wire import Identity
 
 pytestmark = pytest.mark.timeout(150)
-
-
-def vstore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vstore.cli.main", *args], capture_output=True, text=True, timeout=90)
 
 
 @pytest.fixture

@@ -5,21 +5,16 @@ attributes and missing paths are one-line usage errors."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import call_failed
 from tests.harness.fsprocs import FsCluster
+from tests.harness.procs import vstore
 from vstore.metadata.fsm.schema import ROOT_INODE
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def vstore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vstore.cli.main", *args], capture_output=True, text=True, timeout=60)
 
 
 async def test_set_attr_and_get_attr_by_path(tmp_path: Path, request: pytest.FixtureRequest) -> None:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import os
 import re
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness.procs import ProcessGroup, free_port
+from tests.harness.procs import ProcessGroup, free_port, vstore
 from tests.harness.wait import wait_for
 from vstore.client.mds_link import MdsLink, client_node_id
 from vstore.config import load_config
@@ -24,10 +22,6 @@ from vstore.net import Auth, read_secret_file
 from vstore.wire import Identity
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def vstore(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vstore.cli.main", *args], capture_output=True, text=True, timeout=60)
 
 
 async def test_mkfs_then_serve_gives_a_working_cluster(tmp_path: Path) -> None:

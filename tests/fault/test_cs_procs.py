@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import call_failed
+from tests.harness.fsprocs import cs_config
 from tests.harness.mdsprocs import MdsProcCluster
-from tests.harness.procs import free_port
 from tests.harness.wait import wait_for
 from vstore.errors import VStoreError
 from vstore.metadata.fsm.schema import ROOT_INODE
@@ -28,33 +28,6 @@ BLOCK = 4096
 def pieces(offset: int, data: bytes) -> tuple[int, ...]:
     """The client's end-to-end checksums of a write."""
     return wcs.piece_checksums(offset, data, BLOCK)
-
-
-def cs_config(cluster: MdsProcCluster, name: str) -> Path:
-    mds = ", ".join(f'"{cluster.address(i)}"' for i in cluster.ids)
-    path = cluster.root / f"{name}.toml"
-    path.write_text(f"""
-[node]
-id = "{name}"
-role = "cs"
-listen = "127.0.0.1:{free_port()}"
-host = "host-{name}"
-data_dir = "{cluster.root / name}"
-
-[cluster]
-name = "test"
-id = "{cluster.cluster_id}"
-mds = [{mds}]
-secret_file = "{cluster.secret_file}"
-
-[log]
-level = "info"
-
-[chunkserver]
-heartbeat_interval_ms = 200
-reserve_bytes = 0
-""")
-    return path
 
 
 @pytest.fixture

@@ -5,22 +5,15 @@ use and for a cluster nobody answers for."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.harness.fsprocs import FsCluster, unmount
-from tests.harness.procs import free_port
+from tests.harness.procs import free_port, vstore
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def vstore(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vstore.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_a_background_mount_serves_and_umount_stops_it(fs: FsCluster, tmp_path: Path) -> None:

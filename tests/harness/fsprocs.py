@@ -21,7 +21,6 @@ from tests.harness.wait import wait_for
 
 
 def cs_config(cluster: MdsProcCluster, name: str, *, heartbeat_ms: int = 200) -> Path:
-    mds = ", ".join(f'"{cluster.address(i)}"' for i in cluster.ids)
     path = cluster.root / f"{name}.toml"
     path.write_text(f"""
 [node]
@@ -31,12 +30,7 @@ listen = "127.0.0.1:{free_port()}"
 host = "host-{name}"
 data_dir = "{cluster.root / name}"
 
-[cluster]
-name = "test"
-id = "{cluster.cluster_id}"
-mds = [{mds}]
-secret_file = "{cluster.secret_file}"
-
+{cluster.cluster_section()}
 [log]
 level = "info"
 
@@ -75,18 +69,12 @@ class FsCluster(MdsProcCluster):
         return next(n for n in self.cs_names if (self.root / n / "cs-id").read_text().strip() == str(cs_id))
 
     def client_config(self, name: str, **client: object) -> Path:
-        mds = ", ".join(f'"{self.address(i)}"' for i in self.ids)
         settings = {"id": f'"{name}"', "host": f'"host-{name}"', "deadline_s": 60, **{
             k: (f'"{v}"' if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v)
             for k, v in client.items()}}
         path = self.root / f"{name}.toml"
         path.write_text(f"""
-[cluster]
-name = "test"
-id = "{self.cluster_id}"
-mds = [{mds}]
-secret_file = "{self.secret_file}"
-
+{self.cluster_section()}
 [log]
 level = "info"
 

@@ -50,8 +50,17 @@ class MdsProcCluster:
     def address(self, node_id: str) -> str:
         return f"127.0.0.1:{self.ports[node_id]}"
 
-    def _config(self, node_id: str, heartbeat_ms: int, election_ms: int, session_expire_s: int) -> str:
+    def cluster_section(self) -> str:
+        """The [cluster] section every node and client of this cluster has."""
         mds = ", ".join(f'"{self.address(i)}"' for i in self.ids)
+        return f"""[cluster]
+name = "test"
+id = "{self.cluster_id}"
+mds = [{mds}]
+secret_file = "{self.secret_file}"
+"""
+
+    def _config(self, node_id: str, heartbeat_ms: int, election_ms: int, session_expire_s: int) -> str:
         return f"""
 [node]
 id = "{node_id}"
@@ -60,12 +69,7 @@ listen = "{self.address(node_id)}"
 host = "host-{node_id}"
 data_dir = "{self.root / node_id}"
 
-[cluster]
-name = "test"
-id = "{self.cluster_id}"
-mds = [{mds}]
-secret_file = "{self.secret_file}"
-
+{self.cluster_section()}
 [log]
 level = "info"
 

@@ -25,6 +25,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def vstore(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """Run the ``vstore`` command as an operator would (a child process; output captured)."""
+    return subprocess.run([sys.executable, "-m", "vstore.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
 @dataclass
 class Proc:
     name: str

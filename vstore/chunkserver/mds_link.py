@@ -30,7 +30,7 @@ import xxhash
 from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import FULL_RATIO, NEARFULL_RATIO, ChunkStore
 from vstore.errors import ChecksumMismatch, Exists, VStoreError
-from vstore.net import Auth, RpcClient
+from vstore.net import Auth, RpcClient, parse_address
 from vstore.net.leader import LeaderCaller
 from vstore.net.dgram import DatagramChannel
 from vstore.wire import Heartbeat
@@ -199,8 +199,7 @@ class CsMdsLink:
     def _peer(self, address: str) -> RpcClient:
         client = self._peers.get(address)
         if client is None:
-            host, _, port = address.rpartition(":")
-            client = RpcClient((host.strip("[]"), int(port)), self.auth, expected_role="cs", default_deadline_s=30.0)
+            client = RpcClient(parse_address(address), self.auth, expected_role="cs", default_deadline_s=30.0)
             self._peers[address] = client
         return client
 

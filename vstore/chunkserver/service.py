@@ -32,7 +32,7 @@ import xxhash
 
 from vstore.chunkserver.store import ChunkStore
 from vstore.errors import Exists, VStoreError
-from vstore.net import Auth, Reply, Router, RpcClient
+from vstore.net import Auth, Reply, Router, RpcClient, parse_address
 from vstore.net.rpc import RequestContext
 from vstore.wire import ErrorCode
 from vstore.wire import cs as w
@@ -88,8 +88,7 @@ class ChunkDataService:
     def _peer(self, address: str) -> RpcClient:
         client = self._peers.get(address)
         if client is None:
-            host, _, port = address.rpartition(":")
-            client = RpcClient((host.strip("[]"), int(port)), self.auth, expected_role="cs",
+            client = RpcClient(parse_address(address), self.auth, expected_role="cs",
                                default_deadline_s=self.forward_deadline_s, reconnect_backoff_s_max=0.5)
             self._peers[address] = client
         return client

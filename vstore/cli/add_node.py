@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import socket
 from pathlib import Path
 
+from vstore.cli.tools import quiet_transport
 from vstore.config import Address, load_config
 from vstore.errors import NotAvailable, UsageError, UserError, VStoreError
 
@@ -109,7 +109,7 @@ async def _join_cs(args: argparse.Namespace, data: Path, secret: bytes, listen: 
                    node_id: str, host: str) -> tuple[str, int, str, list[str]]:
     from vstore.chunkserver.mds_link import register
     from vstore.errors import AuthFailed
-    from vstore.net import Auth
+    from vstore.net import Auth, parse_address
     from vstore.net.leader import LeaderCaller
     from vstore.wire import Identity
     from vstore.wire import mds as w
@@ -127,7 +127,7 @@ async def _join_cs(args: argparse.Namespace, data: Path, secret: bytes, listen: 
                              else [])
         probe = os.statvfs(data)
         try:
-            joined = await register([(a.rsplit(":", 1)[0].strip("[]"), int(a.rsplit(":", 1)[1])) for a in mds], auth,
+            joined = await register([parse_address(a) for a in mds], auth,
                                     host=host, rack=args.rack, address=str(listen),
                                     capacity_bytes=probe.f_blocks * probe.f_frsize, join=True,
                                     deadline_s=CONNECT_TIMEOUT_S * 2)
@@ -141,9 +141,7 @@ async def _join_cs(args: argparse.Namespace, data: Path, secret: bytes, listen: 
 def _add_node(args: argparse.Namespace) -> int:
     from vstore.chunkserver.server import CS_ID_MARKER
     from vstore.config import _is_label, _is_name
-    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
-        # the refusal is reported in one line below; the transport's own warning would repeat it
-        logging.getLogger("vstore.net").setLevel(logging.ERROR)
+    quiet_transport()
     if args.role == "mds":
         raise NotAvailable("'vstore add-node --role mds' is not available in this version yet; it arrives with "
                            "issue #7 (operating a cluster)")

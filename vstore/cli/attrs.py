@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import re
 from typing import Any
 
+from vstore.cli.tools import mds_link, quiet_transport
 from vstore.config import load_client_config
 from vstore.errors import UsageError
 
@@ -59,16 +59,10 @@ def parse_attributes(items: list[str]) -> dict[str, Any]:
 
 
 async def _with_link(config: Any, path: str, action: Any) -> Any:
-    from vstore.client.mds_link import MdsLink, client_node_id
     from vstore.errors import NotFound
-    from vstore.net import Auth, read_secret_file
-    from vstore.wire import FrameAuth, Identity
     if not path.startswith("/"):
         raise UsageError(f"{path!r}: give a path from the cluster's root, e.g. /vm-disks")
-    auth = Auth(read_secret_file(config.cluster.secret_file),
-                Identity(config.cluster.id, client_node_id("attrs"), "client"),
-                frame_auth=FrameAuth(config.net.frame_auth))
-    link = MdsLink([(a.host, a.port) for a in config.cluster.mds], auth, deadline_s=15.0)
+    link = mds_link(config, "attrs", role="client", deadline_s=15.0)
     try:
         inode = ROOT_INODE
         for part in [p for p in path.split("/") if p]:
@@ -81,15 +75,10 @@ async def _with_link(config: Any, path: str, action: Any) -> Any:
         await link.close_connections()
 
 
-def _quiet() -> None:
-    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
-        logging.getLogger("vstore.net").setLevel(logging.ERROR)
-
-
 def _get(args: argparse.Namespace) -> int:
     from vstore.wire import mds as w
     config = load_client_config(args.config)
-    _quiet()
+    quiet_transport()
 
     async def get(link: Any, inode: int) -> Any:
         reply = await link.call(w.GetPolicyRequest(uid=0, gid=0, inode=inode))
@@ -109,7 +98,7 @@ def _set(args: argparse.Namespace) -> int:
     from vstore.errors import InvalidArgument
     config = load_client_config(args.config)
     changes = parse_attributes(args.attributes)
-    _quiet()
+    quiet_transport()
 
     async def put(link: Any, inode: int) -> Any:
         try:

@@ -122,20 +122,17 @@ class Demo:
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
 
 
-async def _healthy(root: Path, info: dict[str, object], demo: Demo) -> None:
+async def _healthy(root: Path, demo: Demo) -> None:
     """Wait for a leader that sees three chunkservers online."""
-    from vstore.client.mds_link import MdsLink
-    from vstore.net import Auth, read_secret_file
-    from vstore.wire import Identity
-    mds = info["mds"]
-    assert isinstance(mds, dict)
-    auth = Auth(read_secret_file(str(root / "cluster.secret")), Identity(str(info["cluster_id"]), "demo-cli", "admin"))
-    link = MdsLink([(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in mds.values()], auth)
+    from vstore.cli.tools import mds_link
+    from vstore.config import load_client_config
+    config = load_client_config(root / "client.toml")
+    link = mds_link(config, "demo")
     deadline = time.monotonic() + READY_TIMEOUT_S
     try:
         while time.monotonic() < deadline:
             demo.check_alive()
-            for address in mds.values():
+            for address in map(str, config.cluster.mds):
                 try:
                     status = await link.status(address)
                 except Exception:  # noqa: BLE001 - not up yet
@@ -176,7 +173,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         for name in ("mds-1", "mds-2", "mds-3", "cs-1", "cs-2", "cs-3"):
             demo.start(name, "serve", "-c", str(root / f"{name}.toml"))
-        asyncio.run(_healthy(root, info, demo))
+        asyncio.run(_healthy(root, demo))
         demo.start("mount", "mount", "-c", str(root / "client.toml"), str(mnt), "--foreground")
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):

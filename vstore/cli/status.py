@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 from typing import Any
 
+from vstore.cli.tools import mds_link, quiet_transport
 from vstore.config import load_client_config
 
 EXIT = {"healthy": 0, "degraded": 1, "unavailable": 2}
@@ -61,14 +61,8 @@ def assess(mds: dict[str, dict[str, Any] | None], chunks: dict[str, int]) -> tup
 
 async def _collect(config: Any) -> tuple[dict[str, dict[str, Any] | None], dict[str, int]]:
     import msgspec
-
-    from vstore.client.mds_link import MdsLink, client_node_id
-    from vstore.net import Auth, read_secret_file
-    from vstore.wire import FrameAuth, Identity
-    auth = Auth(read_secret_file(config.cluster.secret_file),
-                Identity(config.cluster.id, client_node_id("status"), "admin"), frame_auth=FrameAuth(config.net.frame_auth))
     addresses = [str(a) for a in config.cluster.mds]
-    link = MdsLink([(a.host, a.port) for a in config.cluster.mds], auth, attempt_deadline_s=DEADLINE_S)
+    link = mds_link(config, "status", attempt_deadline_s=DEADLINE_S)
     try:
         async def one(address: str) -> dict[str, Any] | None:
             try:
@@ -86,8 +80,7 @@ async def _collect(config: Any) -> tuple[dict[str, dict[str, Any] | None], dict[
 
 def _status(args: argparse.Namespace) -> int:
     config = load_client_config(args.config)
-    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
-        logging.getLogger("vstore.net").setLevel(logging.ERROR)  # unreachable MDS are in the report itself
+    quiet_transport()  # an MDS that does not answer is in the report itself
     mds, chunks = asyncio.run(_collect(config))
     health, reasons = assess(mds, chunks)
     if args.json:

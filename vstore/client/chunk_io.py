@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import xxhash
 
 from vstore.errors import ChecksumMismatch, ChunkLost, DataError, InternalError, VStoreError
-from vstore.net import Auth, Limits, RpcClient
+from vstore.net import Auth, Limits, RpcClient, parse_address
 from vstore.wire import ErrorCode
 from vstore.wire import cs as wcs
 from vstore.wire import mds as w
@@ -37,11 +37,6 @@ BLOCK_BYTES = 4096
 def chain_of(info: w.ChunkInfo) -> tuple[wcs.ChainHop, ...]:
     """The hops after the head, as a write or fsync names them."""
     return tuple(wcs.ChainHop(cs_id=r.cs_id, address=r.address) for r in info.replicas[1:])
-
-
-def _address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class ChunkIo:
@@ -60,7 +55,7 @@ class ChunkIo:
     def _client(self, address: str) -> RpcClient:
         client = self._clients.get(address)
         if client is None:
-            client = RpcClient(_address(address), self.auth, expected_role="cs", limits=self.limits,
+            client = RpcClient(parse_address(address), self.auth, expected_role="cs", limits=self.limits,
                                default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5)
             self._clients[address] = client
         return client

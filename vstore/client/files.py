@@ -46,13 +46,13 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
 
 from vstore.client.chunk_io import ChunkIo
-from vstore.client.mds_link import MdsLink
+from vstore.client.mds_link import MdsLink, expect_attr
 from vstore.errors import (BadCapability, DeadlineExceeded, FileBusy, FileTooBig, InvalidArgument, NotPermitted, StaleHandle,
                            VStoreError)
 from vstore.wire import ErrorCode
@@ -195,7 +195,8 @@ class FileClient:
         self._next_fh = 1
         self._rng = rng or random.Random()
         self._flusher: asyncio.Task[None] | None = None
-        self.stats = {"flushes": 0, "repairs": 0, "write_retries": 0, "read_retries": 0, "background_flushes": 0}
+        self.stats = {"flushes": 0, "repairs": 0, "write_retries": 0, "fsync_retries": 0, "read_retries": 0,
+                      "background_flushes": 0}
 
     async def start(self) -> None:
         await self.mds.start()
@@ -251,10 +252,10 @@ class FileClient:
                     if self.chunk_bytes:  # chunks wholly past the end are gone: nothing to fsync there
                         state.unsynced = {i for i in state.unsynced if i * self.chunk_bytes < size}
                     state.forget_chunks()
-                    return self.local_attr(_attr(reply))
+                    return self.local_attr(expect_attr(reply))
         reply = await self.mds.mutate(lambda lane, seq: w.SetattrRequest(uid=uid, gid=gid, lane=lane, seq=seq,
                                                                          inode=inode, **fields))
-        return self.local_attr(_attr(reply))
+        return self.local_attr(expect_attr(reply))
 
     # ---- open and close ---------------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class FileClient:
         backoff = 0.05
         while True:
             try:
-                attr = _attr(await self.mds.mutate(lambda lane, seq: w.OpenRequest(
+                attr = expect_attr(await self.mds.mutate(lambda lane, seq: w.OpenRequest(
                     uid=uid, gid=gid, lane=lane, seq=seq, inode=inode, write=writable)))
                 break
             except FileBusy:
@@ -427,19 +428,38 @@ class FileClient:
                 pos += n
 
     async def _write_piece(self, state: OpenFile, index: int, in_chunk: int, data: memoryview) -> None:
+        async def write(info: w.ChunkInfo) -> None:
+            await self.io.write(info, in_chunk, data,
+                                create=info.chunk_id not in state.written and info.length_bytes == 0)
+            state.written.add(info.chunk_id)
+
+        await self._on_chain(state, index, "write", write)
+        state.pending[index] = max(state.pending.get(index, 0), in_chunk + len(data))
+        state.unsynced.add(index)
+
+    async def _on_chain(self, state: OpenFile, index: int, what: str,
+                        op: Callable[[w.ChunkInfo], Awaitable[None]], *, existing_only: bool = False) -> bool:
+        """Run ``op`` on the chunk at ``index`` until it succeeds or the deadline passes (the
+        module docstring's rules: repair around a failed chunkserver, fetch the chunk again
+        once per version when it moved on, back off on anything retryable). With
+        ``existing_only`` nothing is allocated: a chunk that is gone is skipped (False)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.deadline_s
         backoff = 0.05
         stale_versions: set[int] = set()
         while True:
+            if existing_only and index not in state.wchunks:
+                state.rmap.pop(index, None)
+                if await self._read_info(state, index) is None:
+                    return False
             info = await self._write_info(state, index)
             try:
-                await self.io.write(info, in_chunk, data,
-                                    create=info.chunk_id not in state.written and info.length_bytes == 0)
+                await op(info)
+                return True
             except VStoreError as exc:
-                self.stats["write_retries"] += 1
+                self.stats[f"{what}_retries"] += 1
                 if loop.time() >= deadline:
-                    raise DeadlineExceeded(f"inode {state.inode} chunk {index}: write not done within "
+                    raise DeadlineExceeded(f"inode {state.inode} chunk {index}: {what} not done within "
                                            f"{self.options.deadline_s:g} s (last error: {exc.message})") from None
                 failed = exc.details.get("failed_cs")
                 if exc.code in (ErrorCode.STALE_VERSION, ErrorCode.BAD_CAPABILITY) \
@@ -448,6 +468,7 @@ class FileClient:
                     state.wchunks.pop(index, None)
                     continue
                 if isinstance(failed, int) and exc.code not in (ErrorCode.INVALID_ARGUMENT, ErrorCode.RANGE):
+                    # the survivors hold every acknowledged write; the dropped one is rebuilt
                     try:
                         await self._repair(state, index, info, failed, exc)
                         continue
@@ -460,16 +481,11 @@ class FileClient:
                     raise
                 await asyncio.sleep(min(backoff, max(0.0, deadline - loop.time())) * (0.5 + self._rng.random()))
                 backoff = min(1.0, backoff * 2)
-                continue
-            state.written.add(info.chunk_id)
-            state.pending[index] = max(state.pending.get(index, 0), in_chunk + len(data))
-            state.unsynced.add(index)
-            return
 
     async def _write_info(self, state: OpenFile, index: int) -> w.ChunkInfo:
         """The chunk at ``index`` with a write capability still valid for a while."""
         info = state.wchunks.get(index)
-        if info is None or info.token_expires_s and info.token_expires_s - 5 < time.time():
+        if info is None or not _usable(info):
             reply = await self.mds.mutate(lambda lane, seq: w.AllocChunkRequest(
                 uid=0, gid=0, lane=lane, seq=seq, inode=state.inode, index=index, writer_host=self.options.host[:253]))
             if not isinstance(reply, w.ChunkReply):
@@ -491,38 +507,8 @@ class FileClient:
         state.rmap.pop(index, None)
 
     async def _fsync_chunk(self, state: OpenFile, index: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.deadline_s
-        backoff = 0.05
-        while True:
-            if index not in state.wchunks:
-                # never allocate here: a chunk that is gone (truncated away) has nothing to sync
-                state.rmap.pop(index, None)
-                if await self._read_info(state, index) is None:
-                    return
-            info = await self._write_info(state, index)
-            try:
-                await self.io.fsync(info)
-                return
-            except VStoreError as exc:
-                if loop.time() >= deadline:
-                    raise DeadlineExceeded(f"inode {state.inode} chunk {index}: fsync not done within "
-                                           f"{self.options.deadline_s:g} s (last error: {exc.message})") from None
-                failed = exc.details.get("failed_cs")
-                if exc.code in (ErrorCode.STALE_VERSION, ErrorCode.BAD_CAPABILITY):
-                    state.wchunks.pop(index, None)
-                elif isinstance(failed, int):
-                    # the survivors hold every acknowledged write; the dropped one is rebuilt
-                    try:
-                        await self._repair(state, index, info, failed, exc)
-                        continue
-                    except VStoreError as repair_error:
-                        if repair_error.code not in RETRYABLE_CODES:
-                            raise
-                elif exc.code not in RETRYABLE_CODES:
-                    raise
-                await asyncio.sleep(backoff * (0.5 + self._rng.random()))
-                backoff = min(1.0, backoff * 2)
+        # never allocate here: a chunk that is gone (truncated away) has nothing to sync
+        await self._on_chain(state, index, "fsync", self.io.fsync, existing_only=True)
 
     async def _report(self, state: OpenFile, *, release: bool = False) -> None:
         """WriteDone: size, mtime and the lengths written since the last report."""
@@ -629,12 +615,12 @@ class FileClient:
         read with its write capability (it covers reads); else the cached chunk map, fetched
         a page at a time."""
         info = state.wchunks.get(index)
-        if info is not None and (not info.token_expires_s or info.token_expires_s - 5 > time.time()):
+        if info is not None and _usable(info):
             return info
         cached = state.rmap.get(index)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.options.map_ttl_s and (
-                cached[1] is None or not cached[1].token_expires_s or cached[1].token_expires_s - 5 > time.time()):
+                cached[1] is None or _usable(cached[1])):
             return cached[1]
         last_index = max(index, (max(state.size, 1) - 1) // self.chunk_bytes)
         count = max(1, min(w.CHUNK_MAP_MAX, last_index - index + 1))
@@ -654,8 +640,7 @@ class FileClient:
         self.chunk_bytes = reply.chunk_bytes
 
 
-def _attr(reply: Any) -> w.Attr:
-    if not isinstance(reply, w.AttrReply):
-        raise VStoreError(f"expected AttrReply, got {type(reply).__name__}")
-    return reply.attr
+def _usable(info: w.ChunkInfo) -> bool:
+    """The chunk info's capability has no expiry, or more than 5 s left."""
+    return not info.token_expires_s or info.token_expires_s - 5 > time.time()
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-__all__ = ["RETRYABLE", "MdsLink", "client_node_id"]
+__all__ = ["RETRYABLE", "MdsLink", "client_node_id", "expect_attr"]
 
 
 class _Lane:
@@ -117,18 +117,18 @@ class MdsLink(LeaderCaller):
 
     async def lookup(self, parent: int, name: bytes, *, uid: int = 0, gid: int = 0) -> w.Attr:
         reply = await self.call(w.LookupRequest(uid=uid, gid=gid, parent=parent, name=name))
-        return _attr(reply)
+        return expect_attr(reply)
 
     async def getattr(self, inode: int, *, uid: int = 0, gid: int = 0) -> w.Attr:
-        return _attr(await self.call(w.GetattrRequest(uid=uid, gid=gid, inode=inode)))
+        return expect_attr(await self.call(w.GetattrRequest(uid=uid, gid=gid, inode=inode)))
 
     async def create(self, parent: int, name: bytes, mode: int = 0o644, *, kind: int = 1, uid: int = 0,
                      gid: int = 0, rdev: int = 0) -> w.Attr:
-        return _attr(await self.mutate(lambda lane, seq: w.MknodRequest(
+        return expect_attr(await self.mutate(lambda lane, seq: w.MknodRequest(
             uid=uid, gid=gid, lane=lane, seq=seq, parent=parent, name=name, kind=kind, mode=mode, rdev=rdev)))
 
     async def mkdir(self, parent: int, name: bytes, mode: int = 0o755, *, uid: int = 0, gid: int = 0) -> w.Attr:
-        return _attr(await self.mutate(lambda lane, seq: w.MkdirRequest(
+        return expect_attr(await self.mutate(lambda lane, seq: w.MkdirRequest(
             uid=uid, gid=gid, lane=lane, seq=seq, parent=parent, name=name, mode=mode)))
 
     async def unlink(self, parent: int, name: bytes, *, uid: int = 0, gid: int = 0) -> None:
@@ -159,11 +159,11 @@ class MdsLink(LeaderCaller):
             after = reply.entries[-1].name
 
     async def symlink(self, parent: int, name: bytes, target: bytes, *, uid: int = 0, gid: int = 0) -> w.Attr:
-        return _attr(await self.mutate(lambda lane, seq: w.SymlinkRequest(
+        return expect_attr(await self.mutate(lambda lane, seq: w.SymlinkRequest(
             uid=uid, gid=gid, lane=lane, seq=seq, parent=parent, name=name, target=target)))
 
     async def link(self, inode: int, parent: int, name: bytes, *, uid: int = 0, gid: int = 0) -> w.Attr:
-        return _attr(await self.mutate(lambda lane, seq: w.LinkRequest(
+        return expect_attr(await self.mutate(lambda lane, seq: w.LinkRequest(
             uid=uid, gid=gid, lane=lane, seq=seq, inode=inode, parent=parent, name=name)))
 
     async def readlink(self, inode: int, *, uid: int = 0, gid: int = 0) -> bytes:
@@ -210,7 +210,7 @@ def _expect(reply: Any, cls: type[R]) -> R:
     return reply
 
 
-def _attr(reply: Any) -> w.Attr:
+def expect_attr(reply: Any) -> w.Attr:
     if not isinstance(reply, w.AttrReply):
         raise VStoreError(f"expected AttrReply, got {type(reply).__name__}")
     return reply.attr

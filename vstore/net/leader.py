@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from vstore.errors import Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable
 from vstore.net.connection import Auth, Limits
-from vstore.net.rpc import Reply, RpcClient
+from vstore.net.rpc import Reply, RpcClient, parse_address
 from vstore.wire import Message
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ class LeaderCaller:
     def _client(self, address: str) -> RpcClient:
         client = self._clients.get(address)
         if client is None:
-            host, _, port = address.rpartition(":")
-            client = RpcClient((host.strip("[]"), int(port)), self.auth, expected_role="mds", limits=self.limits,
+            client = RpcClient(parse_address(address), self.auth, expected_role="mds", limits=self.limits,
                                default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5)
             self._clients[address] = client
         return client

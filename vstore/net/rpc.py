@@ -82,6 +82,12 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """(host, port) of an address as ``format_address`` writes it ("h:p" or "[v6]:p")."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class _ServerConnection(Connection):
     def __init__(self, server: RpcServer) -> None:
         super().__init__(server.limits)
