@@ -11,9 +11,11 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages: FUSE and the headers pyfuse3 builds against; a compiler and Python
 # headers for the C extensions; venv; openssl for TLS test certificates; nftables,
-# iproute2 and e2fsprogs for the failure-injection and container-disk tests.
+# iproute2 and e2fsprogs for the failure-injection and container-disk tests; chromium for
+# the dashboard's browser test (Playwright drives Debian's build: `playwright install`
+# downloads browsers from a CDN and is never run).
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv openssl \
-                nftables iproute2 e2fsprogs util-linux
+                nftables iproute2 e2fsprogs util-linux chromium
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -206,6 +206,16 @@ def _is_abs_path_or_empty(value: str) -> str | None:
     return None if value == "" else _is_abs_path(value)
 
 
+def _is_address_or_empty(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        Address.parse(value)
+    except ValueError as exc:
+        return f"{exc} (HOST:PORT, or empty)"
+    return None
+
+
 def _is_uuid(value: str) -> str | None:
     # Lower-case canonical form only: the id is compared byte for byte in every handshake,
     # so "ABC…" and "abc…" must not both be accepted as the same cluster.
@@ -314,6 +324,12 @@ class MdsSection:
 
     admin_listen: Address = _setting(Address("127.0.0.1", 9480),
                                      doc="Dashboard and /api/v1 address; loopback unless you mean to expose it")
+    admin_enabled: bool = _setting(True, doc="Serve the dashboard, /api/v1 and /metrics at admin_listen")
+    metrics_listen: str = _setting("", check=_is_address_or_empty,
+                                   doc="Also serve /metrics, without a token, on this HOST:PORT; empty = not")
+    metrics_token_file: str = _setting("", check=_is_abs_path_or_empty,
+                                       doc="File holding the bearer token /metrics on admin_listen asks for; "
+                                           "empty = /metrics there needs a dashboard login")
     election_timeout_ms: int = _setting(
         1000, unit="ms", min=1, max=60_000,
         doc="A follower that hears no leader for this long starts an election; > 3 × heartbeat_interval_ms")

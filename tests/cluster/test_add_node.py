@@ -73,7 +73,7 @@ async def test_a_chunkserver_joins_with_add_node_and_serves(cluster, tmp_path: P
     assert reuse.returncode == 2 and "belongs to chunkserver" in reuse.stderr
 
 
-def test_a_wrong_secret_an_unreachable_mds_and_role_mds_are_refused(cluster, tmp_path: Path) -> None:
+def test_a_wrong_secret_and_an_unreachable_mds_are_refused(cluster, tmp_path: Path) -> None:
     group, join, secret = cluster
     wrong = tmp_path / "wrong.secret"
     wrong.write_bytes(os.urandom(32))
@@ -85,6 +85,7 @@ def test_a_wrong_secret_an_unreachable_mds_and_role_mds_are_refused(cluster, tmp
     nobody = vstore("add-node", "--role", "cs", "--join", f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "y"),
                     "--listen", f"127.0.0.1:{free_port()}", "--secret-file", str(secret))
     assert nobody.returncode == 1 and "cannot reach the MDS" in nobody.stderr
-    mds = vstore("add-node", "--role", "mds", "--join", join, "--data", str(tmp_path / "z"), "--listen",
-                 f"127.0.0.1:{free_port()}", "--secret-file", str(secret))
-    assert mds.returncode == 3 and "not available in this version yet" in mds.stderr
+    # an MDS's node id is not a chunkserver's
+    clash = vstore("add-node", "--role", "cs", "--join", join, "--data", str(tmp_path / "z"), "--listen",
+                   f"127.0.0.1:{free_port()}", "--node-id", "mds-1", "--secret-file", str(secret))
+    assert clash.returncode == 1 and "node id of an MDS" in clash.stderr and not (tmp_path / "z").exists()

@@ -189,6 +189,42 @@ def test_a_bit_flip_is_detected_on_read_and_by_scrub_and_no_bytes_are_returned(
     assert store.list_chunks()[0].damaged
 
 
+def test_verify_checks_every_block_below_the_valid_length_piece_by_piece(store: ChunkStore) -> None:
+    new_chunk(store)
+    store.write(1, 1, 2 * B, pattern(5 * B + 100))  # blocks 0-1 are holes, block 7 is partial
+    length = 7 * B + 100
+    assert store.verify(1, 1, 0, 3 * B) == store_mod.VerifiedRange(length_bytes=length, blocks=3, block_bytes=B)
+    assert store.verify(1, 1, 3 * B, 3 * B).blocks == 3
+    assert store.verify(1, 1, 6 * B, 3 * B).blocks == 2, "cut at the valid length (blocks 6 and 7)"
+    assert store.verify(1, 1, 8 * B, 3 * B).blocks == 0
+    assert store.verify(1, 1, 0, 10 * CHUNK).blocks == 8, "a range past the capacity is cut there, not refused"
+    with pytest.raises(errors.InvalidArgument):
+        store.verify(1, 1, 100, B)  # not block-aligned: the count would not be exact
+    with pytest.raises(WrongVersion):
+        store.verify(1, 2, 0, B)
+    with pytest.raises(errors.NotFound):
+        store.verify(2, 1, 0, B)
+    store.create(3, 1)  # INCOMPLETE: not a good replica, as for reads
+    with pytest.raises(IncompleteReplica):
+        store.verify(3, 1, 0, B)
+
+
+def test_verify_of_a_flipped_block_fails_like_a_read_and_marks_the_replica_bad(
+        store: ChunkStore, expect_log: Callable[..., None]) -> None:
+    expect_log("cs.store.replica_damaged")
+    new_chunk(store)
+    store.write(1, 1, 0, pattern(6 * B))
+    store.fsync(1)
+    flip_bit(path_of(store, 1), DATA_OFFSET + 4 * B + 7)
+    assert store.verify(1, 1, 0, 4 * B).blocks == 4, "the blocks before the flip pass"
+    with pytest.raises(BlockChecksumMismatch) as info:
+        store.verify(1, 1, 4 * B, 4 * B)
+    assert info.value.blocks == (4,) and info.value.details["block"] == 4
+    assert store.list_chunks()[0].damaged
+    with pytest.raises(errors.ChecksumMismatch):
+        store.verify(1, 1, 0, B)  # refused from now on, even where the blocks pass
+
+
 def test_a_file_cut_inside_its_header_or_table_is_a_typed_error(store: ChunkStore,
                                                                 expect_log: Callable[..., None]) -> None:
     expect_log("cs.store.replica_damaged", 0)

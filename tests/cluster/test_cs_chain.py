@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from tests.harness.wait import wait_for
 from vstore.chunkserver import chunkfile
 from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import ChunkStore
@@ -160,3 +161,94 @@ async def test_a_dead_middle_replica_fails_the_write_naming_it_and_survivors_kee
     assert info.value.details.get("failed_cs") == 2, f"the error names the dead replica: {info.value!r}"
     for node in (nodes[0], nodes[2]):
         assert node.store.read(12, 1, 0, 65536) == first, "everything acknowledged is on the survivors"
+
+
+# ---- VerifyChunk (vstore scrub) -------------------------------------------------------------------
+
+
+async def test_verify_reads_the_whole_replica_in_pieces_and_returns_what_it_checked_not_the_bytes(
+        chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vstore.chunkserver import service as service_mod
+    monkeypatch.setattr(service_mod, "VERIFY_PIECE_BYTES", 64 * 1024)  # 1 MiB chunk: many pieces
+    nodes, client, key = chain
+    data = os.urandom(700_001)
+    await client.call(write_request(nodes, key, 20, 1, 5000, data), data)
+    got = await client.call(w.VerifyChunkRequest(chunk_id=20, version=1, token=token(key, 20, 1, "r")))
+    length = 5000 + len(data)
+    assert got.message == w.VerifyChunkReply(length_bytes=length, blocks_checked=-(-length // BLOCK),
+                                             block_bytes=BLOCK)
+    assert bytes(got.payload) == b"", "a verification sends no data back"
+    assert nodes[0].service.stats["verifies"] == 1 and nodes[0].service.stats["bytes_verified"] == length
+    empty = await client.call(w.WriteChunkRequest(chunk_id=21, version=1, offset=0, checksums=(),
+                                                  token=token(key, 21, 1), create=True), b"")
+    assert empty.message.replicas == 1
+    got = await client.call(w.VerifyChunkRequest(chunk_id=21, version=1, token=token(key, 21, 1)))
+    assert got.message == w.VerifyChunkReply(length_bytes=0, blocks_checked=0, block_bytes=BLOCK)
+
+
+async def test_verify_checks_the_capability_then_the_chunk_id_then_the_version(chain) -> None:
+    nodes, client, key = chain
+    data = os.urandom(8192)
+    await client.call(write_request(nodes, key, 22, 1, 0, data), data)
+
+    async def verify(chunk_id: int, version: int, tok: bytes) -> object:
+        return (await client.call(w.VerifyChunkRequest(chunk_id=chunk_id, version=version, token=tok))).message
+
+    with pytest.raises(BadCapability):
+        await verify(22, 1, b"")
+    with pytest.raises(BadCapability):  # a token for another chunk
+        await verify(22, 1, token(key, 23, 1, "r"))
+    with pytest.raises(BadCapability):  # a token for another version
+        await verify(22, 1, token(key, 22, 2, "r"))
+    with pytest.raises(BadCapability):  # an unknown chunk with no valid token: the capability comes first
+        await verify(999, 1, b"x" * 41)
+    with pytest.raises(BadCapability):  # an expired token
+        await verify(22, 1, issue_capability(key, 22, 1, "r", int(time.time()) - 3600))
+    with pytest.raises(VStoreError) as bad_id:  # a valid token for an id that names no file
+        await verify(0, 1, token(key, 0, 1, "r"))
+    assert bad_id.value.code.name == "INVALID_ARGUMENT"
+    with pytest.raises(VStoreError) as unknown:
+        await verify(999, 1, token(key, 999, 1, "r"))
+    assert unknown.value.code.name == "NOT_FOUND"
+    with pytest.raises(StaleVersion):  # the replica is at version 1
+        await verify(22, 2, token(key, 22, 2, "r"))
+    nodes[0].store.set_version(22, 1, 3)
+    with pytest.raises(StaleVersion):
+        await verify(22, 1, token(key, 22, 1, "r"))
+    assert isinstance(await verify(22, 3, token(key, 22, 3, "r")), w.VerifyChunkReply)
+    assert nodes[0].service.stats["refused"] == 5
+
+
+async def test_verify_of_a_flipped_byte_is_a_checksum_error_naming_the_block_and_is_reported_to_the_mds(
+        chain, expect_log) -> None:
+    expect_log("cs.store.replica_damaged")
+    nodes, client, key = chain
+    reported: list[tuple[int, int, str]] = []
+
+    async def on_damage(chunk_id: int, version: int, reason: str) -> None:
+        reported.append((chunk_id, version, reason))
+    nodes[0].service.on_damage = on_damage
+    data = os.urandom(40_000)
+    await client.call(write_request(nodes, key, 24, 1, 0, data), data)
+    path = nodes[0].store.data_dir / "chunks" / chunkfile.chunk_file_name(24)
+    header = chunkfile.decode_header(path.read_bytes()[:chunkfile.HEADER_BYTES])
+    with open(path, "r+b") as fh:
+        fh.seek(header.data_offset + 5 * BLOCK + 77)
+        byte = fh.read(1)
+        fh.seek(header.data_offset + 5 * BLOCK + 77)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(ChecksumMismatch) as info:
+        await client.call(w.VerifyChunkRequest(chunk_id=24, version=1, token=token(key, 24, 1, "r")))
+    assert info.value.details["block"] == 5 and info.value.details["chunk"] == 24
+    await wait_for(lambda: reported, timeout_s=10, what="the damage reported to the MDS")
+    assert [(c, v) for c, v, _ in reported] == [(24, 1)] and "block" in reported[0][2]
+    assert nodes[0].store.list_chunks()[0].damaged
+    for node in nodes[1:]:  # the other replicas are untouched and verify
+        peer = RpcClient(("127.0.0.1", int(node.address.rsplit(":", 1)[1])),
+                         Auth(node.service.auth.secret, Identity(CLUSTER, "client-2", "client")),
+                         expected_role="cs", default_deadline_s=10.0)
+        try:
+            ok = await peer.call(w.VerifyChunkRequest(chunk_id=24, version=1, token=token(key, 24, 1, "r")))
+            assert ok.message.length_bytes == len(data)
+        finally:
+            await peer.close()

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import call_failed
 from tests.harness.fsprocs import FsCluster
 from tests.harness.wait import wait_for
-from vstore.cli.status import assess
+from vstore.admin.model import assess
 
 pytestmark = pytest.mark.timeout(180)
 

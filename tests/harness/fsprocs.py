@@ -129,3 +129,60 @@ level = "info"
                 yield self
             finally:
                 await self.unmount_all()
+
+
+async def write_files(config: Path, files: dict[str, bytes], *, host: str = "host-writer") -> None:
+    """Write each ``/dir/.../name`` (directories made as needed) through the client library,
+    each fsynced: acknowledged data."""
+    from vstore.client.factory import file_client
+    from vstore.config import load_client_config
+    from vstore.metadata.fsm.schema import ROOT_INODE
+    cfg = load_client_config(config)
+    client = file_client(cluster_id=cfg.cluster.id, mds=[(a.host, a.port) for a in cfg.cluster.mds],
+                         secret_file=cfg.cluster.secret_file, net=cfg.net, host=host)
+    await client.start()
+    try:
+        for path, data in files.items():
+            parent = ROOT_INODE
+            *dirs, name = path.strip("/").split("/")
+            for d in dirs:
+                try:
+                    parent = (await client.mds.lookup(parent, d.encode())).inode
+                except Exception:  # noqa: BLE001 - not there yet
+                    parent = (await client.mds.mkdir(parent, d.encode())).inode
+            attr = await client.mds.create(parent, name.encode())
+            fh, _ = await client.open(attr.inode, writable=True)
+            await client.write(fh, 0, data)
+            await client.fsync(fh)
+            await client.release(fh)
+    finally:
+        await client.close()
+
+
+async def read_files(config: Path, paths: list[str], *, host: str = "host-reader") -> dict[str, bytes]:
+    """Read each file whole through the client library (a fresh client: nothing cached)."""
+    from vstore.client.factory import file_client
+    from vstore.config import load_client_config
+    from vstore.metadata.fsm.schema import ROOT_INODE
+    cfg = load_client_config(config)
+    client = file_client(cluster_id=cfg.cluster.id, mds=[(a.host, a.port) for a in cfg.cluster.mds],
+                         secret_file=cfg.cluster.secret_file, net=cfg.net, host=host)
+    await client.start()
+    out: dict[str, bytes] = {}
+    try:
+        for path in paths:
+            inode = ROOT_INODE
+            for part in path.strip("/").split("/"):
+                inode = (await client.mds.lookup(inode, part.encode())).inode
+            fh, attr = await client.open(inode, writable=False)
+            data = bytearray()
+            while len(data) < attr.size:
+                piece = await client.read(fh, len(data), min(1 << 20, attr.size - len(data)))
+                if not piece:
+                    break
+                data += piece
+            out[path] = bytes(data)
+            await client.release(fh)
+    finally:
+        await client.close()
+    return out

@@ -20,6 +20,7 @@ from tests.harness.wait import wait_for
 from vstore.client.mds_link import MdsLink, client_node_id
 from vstore.errors import VStoreError
 from vstore.metadata.bootstrap import init_founding_member
+from vstore.metadata.passwords import hash_password, new_password
 from vstore.net import Auth
 from vstore.wire import Identity
 from vstore.wire import mds as w
@@ -28,8 +29,12 @@ from vstore.wire import mds as w
 class MdsProcCluster:
     def __init__(self, root: Path, ids: tuple[str, ...] = ("m1", "m2", "m3"), *, heartbeat_ms: int = 50,
                  election_ms: int = 500, session_expire_s: int = 30, chunk_bytes: int = 64 << 20,
-                 mds_extra: dict[str, int] | None = None) -> None:
+                 mds_extra: dict[str, int] | None = None, admin: bool = False) -> None:
         self.mds_extra = mds_extra or {}
+        #: with ``admin``, every MDS serves the dashboard (``admin_url``), and this logs in to it
+        self.admin = admin
+        self.admin_password = new_password() if admin else ""
+        self.admin_ports = {i: free_port() for i in ids}
         self.root = root
         self.ids = ids
         self.cluster_id = str(uuid.uuid4())
@@ -44,11 +49,17 @@ class MdsProcCluster:
         for node_id in ids:
             data = root / node_id
             init_founding_member(data, node_id=node_id, cluster_id=self.cluster_id, members=members,
-                                 root_now_ns=now_ns, chunk_bytes=chunk_bytes, map_size_bytes=1 << 28)
+                                 root_now_ns=now_ns, chunk_bytes=chunk_bytes, map_size_bytes=1 << 28,
+                                 admin_password_hash=hash_password(self.admin_password) if admin else "")
             (root / f"{node_id}.toml").write_text(self._config(node_id, heartbeat_ms, election_ms, session_expire_s))
 
     def address(self, node_id: str) -> str:
         return f"127.0.0.1:{self.ports[node_id]}"
+
+    def admin_url(self, node_id: str) -> str:
+        """The dashboard of that MDS (``admin=True`` clusters only)."""
+        assert self.admin, "this cluster was made without admin=True: its MDS serve no dashboard"
+        return f"http://127.0.0.1:{self.admin_ports[node_id]}"
 
     def cluster_section(self) -> str:
         """The [cluster] section every node and client of this cluster has."""
@@ -74,7 +85,8 @@ data_dir = "{self.root / node_id}"
 level = "info"
 
 [mds]
-admin_listen = "127.0.0.1:{free_port()}"
+admin_listen = "127.0.0.1:{self.admin_ports[node_id]}"
+admin_enabled = {"true" if self.admin else "false"}
 heartbeat_interval_ms = {heartbeat_ms}
 election_timeout_ms = {election_ms}
 session_expire_s = {session_expire_s}

@@ -123,3 +123,20 @@ def test_replica_policies_parse(text: str, expected: tuple[int, int]) -> None:
 def test_bad_replica_policies_are_refused_with_the_rule(text: str) -> None:
     with pytest.raises(ValueError, match="replicas="):
         ReplicaPolicy.parse(text)
+
+
+def test_equally_free_servers_share_new_chunks_evenly() -> None:
+    """Identical disks (or chunkservers sharing one file system): the choice among them is the
+    chunk's own, so every server gets about its share, and a chunk always gets the same."""
+    servers = [CsState(CsId(i), f"h{i}", "", CsStatus.ONLINE, 100 * GIB, 10 * GIB + i * 4096) for i in range(1, 7)]
+    counts = dict.fromkeys(range(1, 7), 0)
+    for chunk in range(3000):
+        placement = place_replicas(servers, 3, salt=chunk)
+        assert distinct_hosts(servers, placement.servers) and len(placement.servers) == 3
+        assert place_replicas(servers, 3, salt=chunk).servers == placement.servers
+        for cs in placement.servers:
+            counts[cs] += 1
+    assert all(1300 < n < 1700 for n in counts.values()), counts  # 1500 each, give or take
+    # a clearly emptier server still comes first
+    emptier = [*servers[:5], CsState(CsId(6), "h6", "", CsStatus.ONLINE, 100 * GIB, 1 * GIB)]
+    assert all(place_replicas(emptier, 1, salt=c).servers == (6,) for c in range(50))

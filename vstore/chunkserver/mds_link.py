@@ -29,7 +29,7 @@ import xxhash
 
 from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import FULL_RATIO, NEARFULL_RATIO, ChunkStore
-from vstore.errors import ChecksumMismatch, Exists, VStoreError
+from vstore.errors import ChecksumMismatch, Exists, NotPermitted, VStoreError
 from vstore.net import Auth, RpcClient, parse_address
 from vstore.net.leader import LeaderCaller
 from vstore.net.dgram import DatagramChannel
@@ -54,6 +54,11 @@ async def register(mds: Sequence[tuple[str, int]], auth: Auth, *, host: str, rac
         await link.close_connections()
     assert isinstance(reply, w.RegisterCsReply)
     return reply
+
+
+#: How often a chunkserver an operator removed asks again (it may have been a mistake
+#: undone by re-adding the node under a new id; mostly it waits to be stopped).
+REMOVED_POLL_S = 30.0
 
 
 class CsMdsLink:
@@ -115,9 +120,12 @@ class CsMdsLink:
                 total, used, free = await self._disk(self.store.usage)
                 chunks = len(await self._disk(self.store.list_chunks))
                 self._note_fill(used / total if total else 1.0)
+                io = self.data.stats
                 beat = Heartbeat(node_id=self.node_id, role="cs",
                                  gauges={"capacity_bytes": total, "used_bytes": used, "free_bytes": free,
-                                         "chunks": chunks})
+                                         "chunks": chunks, "read_bytes": io["bytes_read"],
+                                         "written_bytes": io["bytes_written"],
+                                         "copied_bytes": self.stats["copied_bytes"]})
                 for address in self.mds:
                     with contextlib.suppress(OSError):
                         await self._channel.send(beat, address)
@@ -143,15 +151,24 @@ class CsMdsLink:
     async def _orders(self) -> None:
         assert self._channel is not None
         boot_id = self._channel.boot_id
+        removed = False
         while True:
             try:
                 reply = await self._link.call(w.FetchOrdersRequest(boot_id=boot_id, wait_ms=self.poll_wait_ms),
                                               deadline_s=30.0)
+            except NotPermitted as exc:  # removed by an operator: nothing to do here any more
+                if not removed:
+                    log.warning("cs.removed", extra={"error": exc.message, "action": "stop this chunkserver"})
+                    removed = True
+                await asyncio.sleep(REMOVED_POLL_S)
+                continue
             except VStoreError as exc:
                 log.info("cs.poll_failed", extra={"error": exc.message})
                 await asyncio.sleep(0.5)
                 continue
+            removed = False
             assert isinstance(reply, w.OrdersReply)
+            self._learn_mds(reply.mds)
             if reply.report_wanted:
                 await self._report(boot_id)
             for order in reply.orders:
@@ -162,6 +179,21 @@ class CsMdsLink:
                 with contextlib.suppress(VStoreError):
                     await self._link.call(w.OrderDoneRequest(order_id=order.order_id, code=code,
                                                              message=message[:1024]), deadline_s=10.0)
+
+    def _learn_mds(self, members: dict[str, str]) -> None:
+        """The leader's configuration is where heartbeats go from now on: an MDS added after
+        this chunkserver was configured must hear it before it may lead, and a removed one
+        need not."""
+        if not members:
+            return
+        addresses = []
+        for address in members.values():
+            with contextlib.suppress(ValueError):
+                addresses.append(parse_address(address))
+        if addresses and sorted(addresses) != sorted(self.mds):
+            log.info("cs.mds_members", extra={"mds": sorted(members.values())})
+            self.mds = addresses
+            self._link.learn(members.values())
 
     async def _report(self, boot_id: bytes) -> None:
         replicas = await self._disk(self.store.list_chunks)

@@ -1,4 +1,5 @@
-"""A chunkserver's data path: chain-replicated writes, verified reads, fsync down the chain.
+"""A chunkserver's data path: chain-replicated writes, verified reads, fsync down the chain,
+and whole-replica verification for ``vstore scrub``.
 
 What it owns: the handlers of vstore/wire/cs.py on top of one ``ChunkStore``. Every request
 is checked in this order before any disk work: the capability (issued by the MDS for this
@@ -41,6 +42,18 @@ from vstore.wire.capability import verify_capability
 log = logging.getLogger(__name__)
 
 _DATA_ROLES = frozenset({"client", "cs"})
+#: A verification (``vstore scrub``) reads the replica this much at a time, one disk job per
+#: piece: client reads and writes queued meanwhile on the executor run between two pieces,
+#: and a verification holds at most this much memory. 4 MiB streams at disk speed (pread of
+#: 1024 blocks); a whole 64 MiB chunk per job was rejected (it would pin the chunk's lock and
+#: a disk thread for the whole chunk, and 64 MiB of memory per verification).
+VERIFY_PIECE_BYTES = 4 * 1024 * 1024
+#: Verifications running at once on this chunkserver; more wait their turn. One, so at most
+#: one disk thread of ``disk_threads`` is ever busy verifying and the others stay free for
+#: client I/O, however many verifications scrubs send (a rate limit like the background
+#: scrubber's was rejected: an operator who runs a scrub wants it done at the disk's pace
+#: when the disk is otherwise idle).
+VERIFY_CONCURRENCY = 1
 
 
 class ChunkDataService:
@@ -57,12 +70,15 @@ class ChunkDataService:
         #: called (not awaited) when a read finds a replica here damaged: the MDS is told
         self.on_damage: Callable[[int, int, str], Awaitable[None]] | None = None
         self._reports: set[asyncio.Task[None]] = set()
-        self.stats = {"writes": 0, "reads": 0, "fsyncs": 0, "bytes_written": 0, "bytes_read": 0, "refused": 0}
+        self._verify_slots = asyncio.Semaphore(VERIFY_CONCURRENCY)
+        self.stats = {"writes": 0, "reads": 0, "fsyncs": 0, "verifies": 0, "bytes_written": 0, "bytes_read": 0,
+                      "bytes_verified": 0, "refused": 0}
 
     def register(self, router: Router) -> None:
         router.add(w.WriteChunkRequest, self._write, roles=_DATA_ROLES)
         router.add(w.ReadChunkRequest, self._read, roles=_DATA_ROLES)
         router.add(w.FsyncChunkRequest, self._fsync, roles=_DATA_ROLES)
+        router.add(w.VerifyChunkRequest, self._verify, roles=_DATA_ROLES)
 
     async def close(self) -> None:
         await asyncio.gather(*self._reports, return_exceptions=True)
@@ -111,6 +127,15 @@ class ChunkDataService:
         exc.details.setdefault("failed_cs", self.cs_id)
         return exc
 
+    def _note_damage(self, chunk_id: int, version: int, exc: VStoreError) -> None:
+        """A read or a verification of the local replica failed: when it failed a checksum
+        (the store has marked it bad already), tell the MDS, which drops it and rebuilds the
+        chunk from a good replica. Not awaited: the reader gets its error now."""
+        if exc.code == ErrorCode.CHECKSUM_MISMATCH and self.on_damage is not None:
+            task = asyncio.ensure_future(self.on_damage(chunk_id, version, exc.message))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
+
     # ---- handlers -----------------------------------------------------------------------------------
 
     async def _write(self, ctx: RequestContext, m: w.WriteChunkRequest, payload: bytes) -> Any:
@@ -145,15 +170,40 @@ class ChunkDataService:
         try:
             data = await self._disk(self.store.read, m.chunk_id, m.version, m.offset, m.length)
         except VStoreError as exc:
-            if exc.code == ErrorCode.CHECKSUM_MISMATCH and self.on_damage is not None:
-                task = asyncio.ensure_future(self.on_damage(m.chunk_id, m.version, exc.message))
-                self._reports.add(task)
-                task.add_done_callback(self._reports.discard)
+            self._note_damage(m.chunk_id, m.version, exc)
             raise
         self.stats["reads"] += 1
         self.stats["bytes_read"] += len(data)
         length = m.offset + len(data) if len(data) < m.length else 0
         return Reply(w.ReadChunkReply(length_bytes=length, checksum=xxhash.xxh3_64_intdigest(data)), data)
+
+    async def _verify(self, ctx: RequestContext, m: w.VerifyChunkRequest, payload: bytes) -> Any:
+        """Read the whole replica through the store's verified read path and discard the bytes.
+
+        Same checks as a read, in the same order (capability, chunk id, version), and the same
+        consequence of a failed block (replica marked bad, damage reported to the MDS). Pieces
+        of VERIFY_PIECE_BYTES, one disk job each, from block 0 up to the valid length; the
+        length is re-read with every piece, so a replica that grows meanwhile (a write at the
+        same version) is checked to its new end, and a version change (truncate, chain repair)
+        ends it with STALE_VERSION. A replica is reported good only once every block below its
+        valid length has been read and checked."""
+        self._check(m.chunk_id, m.version, m.token, "r")
+        async with self._verify_slots:  # await: waits behind other verifications, never client I/O
+            offset = blocks = 0
+            while True:
+                try:
+                    done = await self._disk(self.store.verify, m.chunk_id, m.version, offset, VERIFY_PIECE_BYTES)
+                except VStoreError as exc:
+                    self._note_damage(m.chunk_id, m.version, exc)
+                    raise
+                blocks += done.blocks
+                offset += done.blocks * done.block_bytes
+                if done.blocks == 0 or offset >= done.length_bytes:
+                    break
+        assert offset >= done.length_bytes, (offset, done)  # every block below the valid length was checked
+        self.stats["verifies"] += 1
+        self.stats["bytes_verified"] += done.length_bytes
+        return w.VerifyChunkReply(length_bytes=done.length_bytes, blocks_checked=blocks, block_bytes=done.block_bytes)
 
     async def _fsync(self, ctx: RequestContext, m: w.FsyncChunkRequest, payload: bytes) -> Any:
         self._check(m.chunk_id, m.version, m.token, "rw")

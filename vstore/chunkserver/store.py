@@ -66,6 +66,7 @@ from vstore.chunkserver.chunkfile import (
     ChunkFormatError,
     ChunkHeader,
     ChunkIdError,
+    ReadPlan,
     WrongChunk,
     assemble_write,
     block_offset,
@@ -119,6 +120,15 @@ class TruncatedTable(ChunkFormatError):
 
 class IncompleteReplica(errors.NotFound):
     """The replica is INCOMPLETE (being created or copied): no good replica here, read another."""
+
+
+class VerifiedRange(NamedTuple):
+    """What one ``verify`` call checked: ``blocks`` blocks of ``block_bytes`` from the offset
+    asked, every one against its checksum; ``length_bytes`` is the replica's valid length."""
+
+    length_bytes: int
+    blocks: int
+    block_bytes: int
 
 
 class ReplicaInfo(NamedTuple):
@@ -579,6 +589,28 @@ class ChunkStore:
         IncompleteReplica unless ``allow_incomplete`` (the service's own first-write path).
         ChunkRangeError for a range past the capacity; NotFound for a missing file.
         """
+        _, plan, content = self._read_verified(chunk_id, version, offset, length, allow_incomplete=allow_incomplete)
+        return content[plan.skip_bytes:plan.skip_bytes + plan.length_bytes]
+
+    def verify(self, chunk_id: object, version: object, offset: int, max_bytes: int) -> VerifiedRange:
+        """Check the replica at ``version`` from ``offset`` (block-aligned) for up to
+        ``max_bytes``, cut at the valid length and at the capacity, and return what was checked
+        instead of the bytes (``vstore scrub``: the service calls it piece by piece).
+
+        It is ``read``'s path exactly: the same checks in the same order (damage flags, header,
+        chunk id, version, INCOMPLETE), the same verified block read, and the same marking of
+        the replica as damaged when a block fails (BlockChecksumMismatch). InvalidArgument for
+        an offset that is not block-aligned (the block count would not be exact)."""
+        header, plan, _ = self._read_verified(chunk_id, version, offset, max_bytes, cut_at_capacity=True)
+        return VerifiedRange(length_bytes=header.length_bytes, blocks=plan.block_count,
+                             block_bytes=header.block_bytes)
+
+    def _read_verified(self, chunk_id: object, version: object, offset: int, length: int, *,
+                       allow_incomplete: bool = False, cut_at_capacity: bool = False
+                       ) -> tuple[ChunkHeader, ReadPlan, bytes]:
+        """What ``read`` and ``verify`` share: (header, plan, verified content of the planned
+        blocks), under the chunk's lock. ``cut_at_capacity`` shortens a range that runs past the
+        chunk's capacity instead of refusing it (ChunkRangeError)."""
         cid = parse_chunk_id(chunk_id)
         ver = _parse_version(version)
         with self._lock(cid):
@@ -588,11 +620,15 @@ class ChunkStore:
                 expect(header, cid, ver)
                 if header.incomplete and not allow_incomplete:
                     raise IncompleteReplica(f"chunk {cid:016x} replica is incomplete", details={"chunk": cid})
+                if cut_at_capacity:
+                    if type(offset) is not int or offset % header.block_bytes:
+                        raise errors.InvalidArgument(f"chunk {cid:016x}: verify offset {offset!r} is not a multiple "
+                                                     f"of the {header.block_bytes}-byte block", details={"chunk": cid})
+                    length = max(0, min(length, header.chunk_bytes - offset))
                 plan = plan_read(header, offset, length)
                 if plan.block_count == 0:
-                    return b""
-                content = self._verified(fd, header, plan.first_block, plan.block_count)
-                return content[plan.skip_bytes:plan.skip_bytes + plan.length_bytes]
+                    return header, plan, b""
+                return header, plan, self._verified(fd, header, plan.first_block, plan.block_count)
 
     def fsync(self, chunk_id: object) -> None:
         """Make every write so far durable, then record the header's length in the index.

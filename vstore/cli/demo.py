@@ -59,7 +59,13 @@ def _free_port() -> int:
 def _layout(root: Path) -> dict[str, object]:
     """Create a new demo under ``root`` (configs, secret, MDS data dirs); return its description."""
     from vstore.metadata.bootstrap import init_founding_member
+    from vstore.metadata.passwords import hash_password, new_password
     cluster_id = str(uuid.uuid4())
+    password = new_password()
+    fd = os.open(root / "admin-password", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:  # a demo's convenience: a real cluster keeps only the hash
+        out.write(password + "\n")
+    dashboards = {f"mds-{i}": f"127.0.0.1:{_free_port()}" for i in (1, 2, 3)}
     secret = root / "cluster.secret"
     secret.write_bytes(secrets.token_bytes(32))
     secret.chmod(0o600)
@@ -69,11 +75,11 @@ def _layout(root: Path) -> dict[str, object]:
     now = time.time_ns()
     for node_id, address in mds.items():
         init_founding_member(root / node_id, node_id=node_id, cluster_id=cluster_id, members=list(mds.items()),
-                             root_now_ns=now, map_size_bytes=1 << 30)
+                             root_now_ns=now, map_size_bytes=1 << 30, admin_password_hash=hash_password(password))
         (root / f"{node_id}.toml").write_text(
             f'[node]\nid = "{node_id}"\nrole = "mds"\nlisten = "{address}"\nhost = "demo-{node_id}"\n'
             f'data_dir = "{root / node_id}"\n\n{cluster}\n[log]\nlevel = "info"\n\n'
-            f'[mds]\nadmin_listen = "127.0.0.1:{_free_port()}"\n')
+            f'[mds]\nadmin_listen = "{dashboards[node_id]}"\n')
     for i in (1, 2, 3):
         name = f"cs-{i}"
         (root / f"{name}.toml").write_text(
@@ -81,7 +87,7 @@ def _layout(root: Path) -> dict[str, object]:
             f'data_dir = "{root / name}"\n\n{cluster}\n[log]\nlevel = "info"\n\n'
             f'[chunkserver]\nreserve_bytes = 0\n')
     (root / "client.toml").write_text(f'{cluster}\n[log]\nlevel = "info"\n\n[client]\nid = "demo-client"\n')
-    info = {"cluster_id": cluster_id, "mds": mds, "created_ns": now}
+    info = {"cluster_id": cluster_id, "mds": mds, "dashboards": dashboards, "created_ns": now}
     (root / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -182,14 +188,19 @@ def _demo(args: argparse.Namespace) -> int:
                 raise DemoFailed(f"the mount did not come up within 30 s (log {root / 'logs' / 'mount.log'})")
             time.sleep(0.1)
         mds = info["mds"]
-        assert isinstance(mds, dict)
+        dashboards = info.get("dashboards") or {}
+        assert isinstance(mds, dict) and isinstance(dashboards, dict)
+        dashboard = f"http://{dashboards['mds-1']}/" if dashboards else "(a demo made before the dashboard: none)"
+        password_file = root / "admin-password"
+        password = password_file.read_text().strip() if password_file.exists() else "(none)"
         print(f"vstore demo {'restarted' if again else 'running'} in {time.monotonic() - started:.1f} s: "
               f"3 MDS + 3 chunkservers on loopback, replicas 3:2\n"
               f"  mount:      {mnt}\n"
               f"  MDS:        {', '.join(mds.values())}\n"
               f"  configs:    {root}/*.toml (client: {root / 'client.toml'})\n"
               f"  logs:       {root / 'logs'}\n"
-              f"  dashboard:  not in this version yet (issue #8, admin web dashboard)\n"
+              f"  dashboard:  {dashboard}  (any MDS's: {', '.join(dashboards.values())})\n"
+              f"  admin password: {password}\n"
               f"Ctrl-C stops everything.", flush=True)
         while not stopping:
             demo.check_alive()

@@ -4,7 +4,6 @@ Exit codes (also in ``vstore --help`` and the README):
   0  success (``status``: healthy)
   1  failure (``status``: degraded)
   2  usage or configuration error (``status``: unavailable)
-  3  command not available in this version yet
 
 An operator never sees a traceback for bad input: every ``UserError`` becomes one line on
 stderr. A traceback means a bug in vstore, and is printed in full with a request to report it.
@@ -19,20 +18,18 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from vstore import __version__
-from vstore.cli import add_node, attrs, config_cmd, demo, mkfs, mount_cmd, planned, serve, status
+from vstore.cli import add_node, attrs, config_cmd, demo, mkfs, mount_cmd, rm_node, scrub, serve, status, top
 from vstore.errors import UsageError, UserError, VStoreError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_NOT_AVAILABLE = 3
 
 EPILOG = """\
 exit codes:
   0  success (status: healthy)
   1  failure (status: degraded)
   2  usage or configuration error (status: unavailable)
-  3  command not available in this version yet
 
 Run 'vstore COMMAND --help' for a command's options."""
 
@@ -53,13 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="log line format")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    planned.add_commands(commands)
     config_cmd.add_command(commands)
     serve.add_command(commands)
     mount_cmd.add_commands(commands)
     demo.add_command(commands)
     mkfs.add_command(commands)
     add_node.add_command(commands)
+    rm_node.add_command(commands)
+    top.add_command(commands)
+    scrub.add_command(commands)
     status.add_command(commands)
     attrs.add_commands(commands)
     return parser

@@ -1,6 +1,7 @@
 """``vstore serve -c CONFIG``: run one node (an MDS or a chunkserver) in the foreground.
 
-Logs go where the config's ``[log]`` section says. Exit codes: 0 after a clean stop
+Logs go where the config's ``[log]`` section says. An MDS also serves the dashboard at
+``[mds] admin_listen`` (vstore/admin) once it runs, unless ``admin_enabled = false``. Exit codes: 0 after a clean stop
 (SIGTERM or Ctrl-C), 1 when the node stopped on a fatal error (a failed fsync, a full
 metadata map: its log says which), 2 for a bad config, secret or data dir.
 """
@@ -33,4 +34,24 @@ async def _run(config) -> int:  # type: ignore[no-untyped-def]
         from vstore.chunkserver.server import CsServer
         return await CsServer(config).run()
     from vstore.metadata.server import MdsServer
-    return await MdsServer(config).run()
+    server = MdsServer(config)
+    if not config.mds.admin_enabled:
+        return await server.run()
+    from vstore.admin.server import AdminServer
+    from vstore.metadata.passwords import verify_password
+    admin = AdminServer(config, password_hash=server.sm.admin_password_hash, verify=verify_password,
+                        node_status=server.node.status)
+    started = asyncio.Event()
+    server.on_started = started.set
+    mds = asyncio.ensure_future(server.run())
+    waiting = asyncio.ensure_future(started.wait())
+    await asyncio.wait([mds, waiting], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if mds.done():  # it could not start: its exit code says why
+        return await mds
+    running = await admin.start()
+    try:
+        return await mds
+    finally:
+        if running:
+            await admin.stop()

@@ -10,7 +10,8 @@ the chunk health from the leader. Exit codes: 0 healthy, 1 degraded, 2 unavailab
 
 The text view lists each MDS (role, term, commit, applied, lag behind the leader) and the
 chunk counters; ``--json`` prints the same as one object (``health``, ``reasons``, ``mds``,
-``chunks``). The classification is a pure function (``assess``), shared with the dashboard.
+``chunks``). The classification is the pure ``vstore.admin.model.assess``, shared with ``top``
+and the dashboard.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import json
 from typing import Any
 
+from vstore.admin.model import assess
 from vstore.cli.tools import mds_link, quiet_transport
 from vstore.config import load_client_config
 
@@ -35,34 +37,11 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.set_defaults(handler=_status)
 
 
-def assess(mds: dict[str, dict[str, Any] | None], chunks: dict[str, int]) -> tuple[str, list[str]]:
-    """(health, reasons) from each MDS's status (None: no answer) and the leader's chunk
-    counters. Pure."""
-    leaders = [a for a, s in mds.items() if s is not None and s.get("role") == "leader"]
-    if not leaders:
-        answering = sum(1 for s in mds.values() if s is not None)
-        return "unavailable", [f"no MDS leader ({answering} of {len(mds)} MDS answer)"]
-    reasons = [f"MDS {a} does not answer" for a, s in mds.items() if s is None]
-    total, online = chunks.get("cs_total", 0), chunks.get("cs_online", 0)
-    if total == 0:
-        reasons.append("no chunkservers registered")
-    elif online < total:
-        reasons.append(f"{total - online} of {total} chunkservers not online")
-    if chunks.get("lost"):
-        reasons.append(f"{chunks['lost']} chunk(s) lost: no good replica")
-    for key, what in (("backlog_last_copy", "with one copy left"), ("backlog_below_min", "below their minimum"),
-                      ("backlog_below_target", "below their target")):
-        if chunks.get(key):
-            reasons.append(f"{chunks[key]} chunk(s) {what}")
-    if chunks.get("safe_mode"):
-        reasons.append("the leader is in safe mode (waiting for chunkserver reports)")
-    return ("degraded" if reasons else "healthy"), reasons
-
-
-async def _collect(config: Any) -> tuple[dict[str, dict[str, Any] | None], dict[str, int]]:
+async def collect(config: Any) -> tuple[dict[str, dict[str, Any] | None], dict[str, int]]:
     import msgspec
     addresses = [str(a) for a in config.cluster.mds]
     link = mds_link(config, "status", attempt_deadline_s=DEADLINE_S)
+    mds: dict[str, dict[str, Any] | None] = {}
     try:
         async def one(address: str) -> dict[str, Any] | None:
             try:
@@ -70,18 +49,32 @@ async def _collect(config: Any) -> tuple[dict[str, dict[str, Any] | None], dict[
                 return {f: msgspec.to_builtins(getattr(reply, f)) for f in reply.__struct_fields__}
             except Exception:  # noqa: BLE001 - an MDS that does not answer is what we report
                 return None
-        answers = await asyncio.gather(*(one(a) for a in addresses))
+        while addresses:
+            mds.update(zip(addresses, await asyncio.gather(*(one(a) for a in addresses))))
+            # the configuration the MDS applied names every member, also those the config
+            # file does not list (added later): ask them too; members removed since the
+            # config was written are not asked again
+            members = _members(mds)
+            addresses = [a for a in members if a not in mds]
+        if members:
+            mds = {a: s for a, s in mds.items() if a in members}
     finally:
         await link.close_connections()
-    mds = dict(zip(addresses, answers))
-    leader = next((s for s in answers if s is not None and s.get("role") == "leader"), None)
+    leader = next((s for s in mds.values() if s is not None and s.get("role") == "leader"), None)
     return mds, dict(leader.get("chunks") or {}) if leader else {}
+
+
+def _members(mds: dict[str, dict[str, Any] | None]) -> list[str]:
+    """The member addresses of the leader's configuration (else of the most advanced MDS's)."""
+    answers = sorted((s for s in mds.values() if s is not None),
+                     key=lambda s: (s.get("role") == "leader", s.get("applied", 0)), reverse=True)
+    return list((answers[0].get("members") or {}).values()) if answers else []
 
 
 def _status(args: argparse.Namespace) -> int:
     config = load_client_config(args.config)
     quiet_transport()  # an MDS that does not answer is in the report itself
-    mds, chunks = asyncio.run(_collect(config))
+    mds, chunks = asyncio.run(collect(config))
     health, reasons = assess(mds, chunks)
     if args.json:
         print(json.dumps({"cluster": config.cluster.name, "health": health, "reasons": reasons, "mds": mds,
@@ -100,4 +93,8 @@ def _status(args: argparse.Namespace) -> int:
                             if k.startswith("backlog_") and v)
         print(f"  chunkservers {chunks.get('cs_online', 0)}/{chunks.get('cs_total', 0)} online; lost chunks "
               f"{chunks.get('lost', 0)}; repair backlog {backlog or 'none'}")
+        if backlog or chunks.get("orders_in_flight"):
+            print(f"  rebuild: {chunks.get('orders_in_flight', 0)} order(s) in flight; "
+                  f"{chunks.get('copies_committed', 0)} copies ({chunks.get('copied_bytes', 0) / (1 << 20):.1f} MiB) "
+                  f"made by this leader; vstore top shows the rate")
     return EXIT[health]

@@ -40,7 +40,8 @@ def chain_of(info: w.ChunkInfo) -> tuple[wcs.ChainHop, ...]:
 
 
 class ChunkIo:
-    """Connections to chunkservers and the three data operations on one chunk."""
+    """Connections to chunkservers, the three data operations on one chunk, and the
+    verification of one replica (``vstore scrub``)."""
 
     def __init__(self, auth: Auth, *, limits: Limits = Limits(), host: str = "",
                  attempt_deadline_s: float = 10.0) -> None:
@@ -104,6 +105,30 @@ class ChunkIo:
             exc.details.setdefault("failed_cs", replica.cs_id)
             raise
         return reply.message
+
+    # ---- verification (vstore scrub) ----------------------------------------------------------------
+
+    async def verify(self, info: w.ChunkInfo, replica: w.ReplicaAddress, *,
+                     deadline_s: float | None = None) -> wcs.VerifyChunkReply:
+        """Ask one replica's chunkserver to read its whole replica against its checksums
+        (with the chunk info's read capability). Returns the reply only when it covers the
+        replica's valid length block by block; raises the chunkserver's typed error otherwise
+        (CHECKSUM_MISMATCH for a bad replica; ``details["failed_cs"]`` names the replica)."""
+        request = wcs.VerifyChunkRequest(chunk_id=info.chunk_id, version=info.version, token=info.token)
+        try:
+            reply = await self._client(replica.address).call(request, deadline_s=deadline_s)
+        except VStoreError as exc:
+            exc.details.setdefault("failed_cs", replica.cs_id)
+            raise
+        message = reply.message
+        if not isinstance(message, wcs.VerifyChunkReply):
+            raise InternalError(f"cs {replica.cs_id}: unexpected reply {type(message).__name__} to VerifyChunk",
+                                details={"chunk": info.chunk_id, "failed_cs": replica.cs_id})
+        if message.block_bytes < 1 or message.blocks_checked * message.block_bytes < message.length_bytes:
+            raise InternalError(f"cs {replica.cs_id}: chunk {info.chunk_id:016x} verified {message.blocks_checked} "
+                                f"blocks of {message.block_bytes} bytes, short of its {message.length_bytes} bytes",
+                                details={"chunk": info.chunk_id, "failed_cs": replica.cs_id})
+        return message
 
     # ---- reads ------------------------------------------------------------------------------------
 

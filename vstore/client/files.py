@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 #: The largest file: 2^63 - 1 bytes would do for POSIX, but chunk indexes are 32-bit.
 FILE_BYTES_MAX = 2**62
+#: a read overtaken by this many writes in a row returns what it fetched last
+READ_ATTEMPTS_MAX = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,8 @@ class OpenFile:
         self.ra_data = b""
         self.ra_next = -1
         self.ra_window = 0
+        #: counts writes into the buffer: a read that spans one fetches again
+        self.generation = 0
         self.error: VStoreError | None = None
 
     # ---- the dirty buffer ----------------------------------------------------------------------
@@ -157,6 +161,7 @@ class OpenFile:
                 self.extents.append(_Extent(start, merged))
                 self.extents.sort(key=lambda e: e.offset)
         self.dirty_bytes = sum(len(e.data) for e in self.extents)
+        self.generation += 1
         self.drop_readahead()
 
     def cut(self, size: int) -> None:
@@ -169,6 +174,7 @@ class OpenFile:
                 kept.append(_Extent(e.offset, e.data[:size - e.offset]))
         self.extents = kept
         self.dirty_bytes = sum(len(e.data) for e in self.extents)
+        self.generation += 1
 
     def drop_readahead(self) -> None:
         self.ra_data = b""
@@ -549,9 +555,21 @@ class FileClient:
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         state = self._state(fh)
-        if offset >= state.size or size <= 0:
-            return b""
-        size = min(size, state.size - offset)
+        data = b""
+        for _ in range(READ_ATTEMPTS_MAX):
+            if offset >= state.size or size <= 0:
+                return b""
+            generation = state.generation
+            data = await self._read_once(state, offset, min(size, state.size - offset))
+            if state.generation == generation:
+                return data
+            # a write landed while the bytes were fetched: they may predate it, or be torn by
+            # its flush running alongside; read again (the write is in the buffer now, or its
+            # flush is, and the read waits for it)
+            self.stats["read_retries"] += 1
+        return data
+
+    async def _read_once(self, state: OpenFile, offset: int, size: int) -> bytes:
         if state.overlaps_dirty(offset, size):
             await self._flush(state)
         ra = state.ra_data
@@ -567,8 +585,10 @@ class FileClient:
         fetch = min(fetch, state.size - offset)
         if fetch > size and state.overlaps_dirty(offset, fetch):
             fetch = size
+        generation = state.generation
         data = await self._read_range(state, offset, fetch)
-        state.ra_offset, state.ra_data, state.ra_next = offset, data, offset + size
+        if state.generation == generation:  # never cache bytes a write may have overtaken
+            state.ra_offset, state.ra_data, state.ra_next = offset, data, offset + size
         return data[:size]
 
     async def _read_range(self, state: OpenFile, offset: int, length: int) -> bytes:

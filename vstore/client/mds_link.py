@@ -91,6 +91,7 @@ class MdsLink(LeaderCaller):
                                                           mountpoint=self.mountpoint[:4096]))
         assert isinstance(reply, w.SessionReply)
         self.expire_after_s = float(reply.expire_after_s)
+        self.learn(reply.mds.values())
 
     async def _keepalive_loop(self) -> None:
         while True:

@@ -6,6 +6,8 @@ Layout of an MDS data dir::
     <data_dir>/state/     the state machine (vstore/metadata/fsm/schema.py)
     <data_dir>/snapshots/ snapshots in transit
     <data_dir>/raft-member  written once the node has applied a configuration naming it
+    <data_dir>/join-peers.json  a joining node only: the members (id -> address) when it
+                            joined, so it can answer the leader before it has a configuration
 
 A founding node's log starts with the cluster's first configuration (``ADD_VOTER`` entries,
 etcd's way) followed by one entry that creates the root directory with the cluster's chunk
@@ -19,7 +21,9 @@ node's state (its vote and term would be forgotten).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vstore.errors import UsageError
@@ -74,6 +78,25 @@ def init_founding_member(data_dir: Path, *, node_id: str, cluster_id: str, membe
         store.close()
 
 
-def init_joining_member(data_dir: Path, *, node_id: str, cluster_id: str, map_size_bytes: int = 1 << 30) -> None:
-    """Claim an empty data dir for a node that will be added to a running cluster."""
+JOIN_PEERS = "join-peers.json"
+
+
+def init_joining_member(data_dir: Path, *, node_id: str, cluster_id: str, peers: Mapping[str, str] | None = None,
+                        map_size_bytes: int = 1 << 30) -> None:
+    """Claim an empty data dir for a node that will be added to a running cluster.
+    ``peers``: the configuration's members (node id -> address) at the time it joins; until
+    its log holds a configuration these are the only addresses its answers can go to."""
     _claim(data_dir, node_id, cluster_id, map_size_bytes).close()
+    if peers:
+        tmp = data_dir / (JOIN_PEERS + ".tmp")
+        tmp.write_text(json.dumps(dict(peers), indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, data_dir / JOIN_PEERS)
+
+
+def join_peers(data_dir: Path) -> dict[str, str]:
+    """The members a joining node was told about (empty for founders or when unreadable)."""
+    try:
+        peers = json.loads((data_dir / JOIN_PEERS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in peers.items()} if isinstance(peers, dict) else {}

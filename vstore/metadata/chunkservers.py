@@ -39,9 +39,11 @@ from vstore.metadata.fsm import namespace as ns
 from vstore.metadata.fsm.schema import Chunk, CsRecord
 from vstore.metadata.liveness import CsLiveness, HeartbeatOutcome
 from vstore.metadata.placement import CsId, CsState, CsStatus, ReplicaPolicy
-from vstore.metadata.repair import ChunkState, JobKind, Limits, RepairPlan, Replica, plan_repairs
+from vstore.metadata.repair import (ChunkState, CsTally, JobKind, Limits, RepairPlan, Replica, Urgency, cs_tallies,
+                                    plan_repairs)
 from vstore.net.rpc import RequestContext
 from vstore.wire import Datagram, ErrorCode, Heartbeat, Message
+from vstore.wire import admin as a
 from vstore.wire import mds as w
 from vstore.wire.capability import issue_capability
 
@@ -110,9 +112,16 @@ class ChunkserverManager:
         #: chunk id -> monotonic time its write lease ends (no copies while a writer is at it)
         self.write_leases: dict[int, float] = {}
         self.last_plan: RepairPlan = RepairPlan(())
+        #: per chunkserver, what the last repair round counted on it (chunks, drain left, sole)
+        self.tallies: dict[CsId, CsTally] = {}
+        #: chunks the last repair round saw
+        self.chunks_total = 0
+        #: (monotonic start, copied bytes then) of the rebuild under way, if any
+        self._rebuild_from: tuple[float, int] | None = None
         self.safe_mode = True
         self.stats = {"heartbeats": 0, "unknown_heartbeats": 0, "orders_sent": 0, "orders_done": 0,
-                      "orders_failed": 0, "copies_committed": 0, "deletes_confirmed": 0, "rounds": 0}
+                      "orders_failed": 0, "copies_committed": 0, "copied_bytes": 0, "deletes_confirmed": 0,
+                      "rounds": 0}
         self._task: asyncio.Task[None] | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -124,6 +133,7 @@ class ChunkserverManager:
         router.add(w.OrderDoneRequest, self._order_done, roles=_CS)
         router.add(w.ReportDamageRequest, self._report_damage, roles=frozenset({"cs", "client"}))
         router.add(w.SetCsStateRequest, self._set_cs_state, roles=frozenset({"admin"}))
+        router.add(a.CsListRequest, self._cs_list, roles=frozenset({"admin"}))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="mds-repair")
@@ -192,6 +202,15 @@ class ChunkserverManager:
     def release_lease(self, chunk_id: int) -> None:
         self.write_leases.pop(chunk_id, None)
 
+    def release_leases_of(self, inode: int) -> None:
+        """Every write lease on a chunk of ``inode`` (its last writer closed it)."""
+        for chunk_id in list(self.write_leases):
+            try:
+                if self.sm.chunk(chunk_id).inode == inode:
+                    del self.write_leases[chunk_id]
+            except NotFound:
+                del self.write_leases[chunk_id]
+
     # ---- heartbeats (UDP, every MDS) ----------------------------------------------------------------
 
     def on_heartbeat(self, datagram: Datagram, msg: Message) -> None:
@@ -226,6 +245,8 @@ class ChunkserverManager:
         await svc.leader()
         node_id = ctx.peer.node_id
         existing = self.sm.cs_by_node(node_id)
+        if existing is None and node_id in svc.node.members():
+            raise ns.Exists(f"{node_id!r} is the node id of an MDS; pick another id for the chunkserver")
         if existing is not None:
             if m.join:
                 raise ns.Exists(f"chunkserver {node_id!r} is already registered as cs {existing}; "
@@ -329,7 +350,8 @@ class ChunkserverManager:
         while queue and len(orders) < w.ORDERS_PER_FETCH_MAX:
             orders.append(queue.popleft())
         self.stats["orders_sent"] += len(orders)
-        return w.OrdersReply(report_wanted=self._report_wanted(cs_id, m.boot_id), orders=tuple(orders))
+        return w.OrdersReply(report_wanted=self._report_wanted(cs_id, m.boot_id), orders=tuple(orders),
+                             mds=self.service.node.members())
 
     def _report_wanted(self, cs_id: CsId, boot_id: bytes) -> bool:
         return cs_id not in self._reports and self._incoming.get(cs_id) is None
@@ -370,6 +392,7 @@ class ChunkserverManager:
                                                                         chunk_id=order.chunk_id,
                                                                         version=order.version, cs_id=cs_id))
                 self.stats["copies_committed"] += 1
+                self.stats["copied_bytes"] += order.length_bytes
                 log.info("chunk.replicated", extra={"chunk": order.chunk_id, "version": order.version,
                                                     "cs_id": cs_id})
             except (StaleVersion, NotFound, InvalidArgument) as exc:
@@ -412,12 +435,43 @@ class ChunkserverManager:
         await self.service.leader()
         if m.cs_id not in self.sm.chunkservers():
             raise NotFound(f"no chunkserver with id {m.cs_id}")
+        dropped = 0
+        if m.state == "removed" and m.force:
+            after = 0
+            while page := self.sm.iter_chunks(after_chunk_id=after, limit=1000):
+                for chunk_id, chunk in page:
+                    after = chunk_id
+                    if m.cs_id in chunk.replicas:
+                        await self.service.propose_op(lambda now, c=chunk_id: ns.DropReplica(
+                            uid=0, gid=0, now_ns=now, chunk_id=c, cs_id=CsId(m.cs_id)))
+                        dropped += 1
         await self.service.propose_op(lambda now: ns.SetCsState(uid=0, gid=0, now_ns=now, cs_id=CsId(m.cs_id),
                                                                 state=m.state))
-        log.info("cs.state_set", extra={"cs_id": m.cs_id, "state": m.state, "by": ctx.peer.node_id})
+        log.log(logging.WARNING if dropped else logging.INFO, "cs.state_set",
+                extra={"cs_id": m.cs_id, "state": m.state, "by": ctx.peer.node_id, "replicas_dropped": dropped})
         if m.state == "removed":
             self.liveness.forget(CsId(m.cs_id))
         return w.DoneReply(value=m.cs_id)
+
+    async def _cs_list(self, ctx: RequestContext, m: a.CsListRequest, payload: bytes) -> Message:
+        await self.service.leader()
+        now = self._monotonic()
+        records = self.records()
+        status = {cs.cs_id: cs for cs in self.view(now)}
+        servers = []
+        for cs_id, record in sorted(records.items()):
+            view = status.get(cs_id)
+            tally = self.tallies.get(cs_id, CsTally()) if record.state != "removed" else CsTally()
+            last = self.liveness.last_heard_s(cs_id)
+            gauges = {k: v for k, v in self.liveness.gauges(cs_id).items() if isinstance(v, int)}
+            servers.append(a.CsInfo(
+                cs_id=cs_id, node_id=record.node_id, address=record.address, host=record.host, rack=record.rack,
+                state=record.state, status=view.status.value if view is not None else "removed",
+                capacity_bytes=view.capacity_bytes if view is not None else record.capacity_bytes,
+                used_bytes=view.used_bytes if view is not None else 0, chunks=tally.chunks,
+                drain_left=tally.drain_left, sole=tally.sole,
+                last_heartbeat_ms=-1 if last is None else max(0, int((now - last) * 1000)), gauges=gauges))
+        return a.CsListReply(servers=tuple(servers), summary=self.summary(), now_ms=int(now * 1000))
 
     # ---- orders ----------------------------------------------------------------------------------------
 
@@ -531,6 +585,7 @@ class ChunkserverManager:
         self._sweep_behind(status)
         chunks = await self._chunk_states(records, status)
         plan = plan_repairs(chunks, servers, limits=self.limits)
+        self._note_rebuild(plan)
         self.last_plan = plan
         if plan.storm_brake and not getattr(self, "_storm_logged", False):
             log.error("mds.storm_brake", extra={"down": sum(1 for cs in servers if cs.status in
@@ -555,6 +610,22 @@ class ChunkserverManager:
             else:
                 self._order(job.target, w.OrderKind.DELETE, job.chunk_id, job.version)
         await self._forget_failed_holders(chunks, status)
+
+    def _note_rebuild(self, plan: RepairPlan) -> None:
+        """Log the start and the end of a rebuild (repair work below the target, by urgency)
+        once each: the dashboard's event log shows them."""
+        waiting = sum(n for u, n in plan.backlog.items() if u <= Urgency.BELOW_TARGET) + len(plan.lost)
+        copied = self.stats["copied_bytes"]
+        if waiting and self._rebuild_from is None:
+            self._rebuild_from = (self._monotonic(), copied)
+            log.info("rebuild.started", extra={"chunks": waiting, "lost": len(plan.lost)})
+        elif not waiting and self._rebuild_from is not None and not self._copying:
+            began, copied_before = self._rebuild_from
+            self._rebuild_from = None
+            seconds = self._monotonic() - began
+            mib = (copied - copied_before) / (1 << 20)
+            log.info("rebuild.finished", extra={"seconds": round(seconds, 1), "copied_mib": round(mib, 1),
+                                                "mib_s": round(mib / seconds, 1) if seconds > 0 else 0.0})
 
     async def _forget_failed_holders(self, chunks: list[ChunkState], status: dict[CsId, CsStatus]) -> None:
         """A replica on a FAILED server counts for nothing; once the chunk is back at its
@@ -650,22 +721,28 @@ class ChunkserverManager:
         cursor over the chunk table resumed each round is the next step for big clusters)."""
         policies: dict[int, ReplicaPolicy] = {}
         out: list[ChunkState] = []
+        every: list[ChunkState] = []
         after = 0
         now = self._monotonic()
         while True:
             page = self.sm.iter_chunks(after_chunk_id=after, limit=1000)
             if not page:
-                return out
+                break
             for chunk_id, chunk in page:
                 after = chunk_id
-                if chunk_id in self._busy_chunks or self.write_leases.get(chunk_id, 0) > now:
-                    continue
                 policy = policies.get(chunk.inode)
                 if policy is None:
                     policy = self._policy(chunk)
                     policies[chunk.inode] = policy
-                out.append(self._state(chunk_id, chunk, policy))
+                state = self._state(chunk_id, chunk, policy)
+                every.append(state)
+                if chunk_id not in self._busy_chunks and self.write_leases.get(chunk_id, 0) <= now:
+                    out.append(state)
             await asyncio.sleep(0)  # let requests in between pages
+        # what each server holds, busy chunks included (what rm-node and top show)
+        self.tallies = cs_tallies(every, self.view(now))
+        self.chunks_total = len(every)
+        return out
 
     def _policy(self, chunk: Chunk) -> ReplicaPolicy:
         try:
@@ -699,6 +776,9 @@ class ChunkserverManager:
         servers = self.view()
         out = {"safe_mode": int(self.safe_mode), "storm_brake": int(plan.storm_brake), "lost": len(plan.lost),
                "orders_in_flight": len(self._inflight), "cs_total": len(servers),
-               "cs_online": sum(1 for cs in servers if cs.status is CsStatus.ONLINE), **self.stats}
+               # a draining server heartbeats: online, not a fault (the operator is moving it out)
+               "cs_online": sum(1 for cs in servers if cs.status in (CsStatus.ONLINE, CsStatus.DRAINING)),
+               "cs_draining": sum(1 for cs in servers if cs.status is CsStatus.DRAINING),
+               "chunks_total": self.chunks_total, "rebuilding": len(self._copying), **self.stats}
         out.update({f"backlog_{u.name.lower()}": n for u, n in plan.backlog.items()})
         return out

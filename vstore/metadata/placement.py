@@ -92,19 +92,32 @@ class Placement:
         return len(self.servers) >= self.wanted
 
 
-def _rank(cs: CsState) -> tuple[int, int]:
-    return (-cs.free_bytes, cs.cs_id)
+#: Servers whose free space differs by less than this share of the largest capacity count
+#: as equally free: among them the choice is spread by the chunk (below), so a new cluster
+#: of identical disks does not put every chunk on the same lowest-numbered servers.
+FREE_SPACE_BUCKET = 0.01
+_MASK = (1 << 64) - 1
+
+
+def _spread(salt: int, cs_id: int) -> int:
+    """A well-mixed 64-bit number per (chunk, server): rendezvous hashing's order. Pure."""
+    x = (salt * 0x9E3779B97F4A7C15 + cs_id * 0xC2B2AE3D27D4EB4F + 0x165667B19E3779F9) & _MASK
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK
+    return x ^ (x >> 29)
 
 
 def place_replicas(servers: Iterable[CsState], count: int, *, writer_host: str | None = None,
                    existing: Collection[CsId] = (), exclude: Collection[CsId] = (),
-                   extra_used_bytes: dict[CsId, int] | None = None) -> Placement:
+                   extra_used_bytes: dict[CsId, int] | None = None, salt: int = 0) -> Placement:
     """Choose up to ``count`` chunkservers for new replicas of one chunk.
 
     ``existing``: servers already holding a replica (their hosts and racks count as used,
     and they are never chosen again). ``exclude``: servers not to use (e.g. the source of a
     copy that just failed). ``extra_used_bytes``: bytes the caller has already planned onto
     a server in this round, so one plan does not pile everything on the emptiest server.
+    ``salt``: names the chunk (its id, or its file and index): among servers about equally
+    free (``FREE_SPACE_BUCKET``) the order is the chunk's own, so chunks spread evenly.
 
     Returns fewer servers than asked when the cluster cannot meet the constraints; the
     caller refuses the write below the policy's minimum and records the chunk as degraded
@@ -119,9 +132,9 @@ def place_replicas(servers: Iterable[CsState], count: int, *, writer_host: str |
             return cs
         return CsState(cs.cs_id, cs.host, cs.rack, cs.status, cs.capacity_bytes, cs.used_bytes + planned)
 
-    candidates = sorted((effective(cs) for cs in by_id.values()
-                         if cs.cs_id not in existing and cs.cs_id not in exclude),
-                        key=_rank)
+    pool = [effective(cs) for cs in by_id.values() if cs.cs_id not in existing and cs.cs_id not in exclude]
+    bucket = max(1, int(max((cs.capacity_bytes for cs in pool), default=1) * FREE_SPACE_BUCKET))
+    candidates = sorted(pool, key=lambda cs: (-(cs.free_bytes // bucket), _spread(salt, cs.cs_id)))
     candidates = [cs for cs in candidates if cs.accepts_new_replicas()]
     used_hosts = {by_id[c].host for c in existing if c in by_id}
     used_racks = {by_id[c].rack for c in existing if c in by_id and by_id[c].rack}

@@ -114,6 +114,38 @@ def good_replicas(chunk: ChunkState, servers: dict[CsId, CsState]) -> list[Repli
             and r.cs_id in servers and servers[r.cs_id].status in _COUNTS_AS_PRESENT]
 
 
+@dataclass(slots=True)
+class CsTally:
+    """What one chunkserver holds as far as removing it is concerned."""
+
+    #: replicas of the chunk's version there
+    chunks: int = 0
+    #: of those, chunks with fewer than their target good copies on other online, not
+    #: draining servers: what a drain still has to copy before the server can go
+    drain_left: int = 0
+    #: chunks with no good copy anywhere else: what removing it now would lose
+    sole: int = 0
+
+
+def cs_tallies(chunks: Iterable[ChunkState], servers: Sequence[CsState]) -> dict[CsId, CsTally]:
+    """Per chunkserver, its ``CsTally`` (servers holding nothing are absent). Pure."""
+    by_id = {cs.cs_id: cs for cs in servers}
+    out: dict[CsId, CsTally] = {}
+    for chunk in chunks:
+        good = {r.cs_id for r in good_replicas(chunk, by_id)}
+        resident = {c for c in good if by_id[c].status is CsStatus.ONLINE}
+        for replica in chunk.replicas:
+            if replica.version != chunk.version:
+                continue
+            tally = out.setdefault(replica.cs_id, CsTally())
+            tally.chunks += 1
+            if len(resident - {replica.cs_id}) < chunk.policy.replicas:
+                tally.drain_left += 1
+            if not good - {replica.cs_id}:
+                tally.sole += 1
+    return out
+
+
 def classify(chunk: ChunkState, servers: dict[CsId, CsState]) -> Urgency | None:
     """The most urgent thing wrong with one chunk, or None if it is as it should be."""
     good = good_replicas(chunk, servers)
@@ -200,7 +232,8 @@ class _Round:
         # a draining holder's copy is leaving: its host may take the new one (another disk)
         draining = {c for c in holders if self.servers[c].status is CsStatus.DRAINING}
         placement = place_replicas(self.servers.values(), 1, existing=[c for c in holders if c not in draining],
-                                   exclude=busy | draining, extra_used_bytes=self.planned_bytes)
+                                   exclude=busy | draining, extra_used_bytes=self.planned_bytes,
+                                   salt=chunk.chunk_id)
         if not placement.servers:
             return False
         target, source = placement.servers[0], sources[0]

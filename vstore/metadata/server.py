@@ -15,16 +15,19 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from vstore.config import NodeConfig
 from vstore.errors import UsageError
-from vstore.metadata.bootstrap import raft_dir, state_dir
+from vstore.metadata.bootstrap import join_peers, raft_dir, state_dir
 from vstore.metadata.fsm.namespace import NamespaceStateMachine
 from vstore.metadata.raft.node import RaftNode, RaftNodeConfig, StartupError
 from vstore.metadata.raft.storage import RaftLogStore
 from vstore.metadata.raft.types import RaftConfig
 from vstore.metadata.chunkservers import ChunkserverManager
+from vstore.metadata.events import EventLog
+from vstore.metadata.membership import Membership
 from vstore.metadata.service import MetadataService
 from vstore.net import Auth, Router, RpcServer, limits_of, read_secret_file
 from vstore.net.dgram import DatagramChannel
@@ -62,7 +65,8 @@ class MdsServer:
         raft = RaftConfig(election_tick=max(2, mds.election_timeout_ms // tick_ms), heartbeat_tick=1)
         try:
             self.node = RaftNode(RaftNodeConfig(node_id=config.node.id, data_dir=self.data_dir, tick_ms=tick_ms,
-                                                raft=raft, peer_limits=limits_of(config.net)),
+                                                raft=raft, peer_limits=limits_of(config.net),
+                                                initial_peers=join_peers(self.data_dir)),
                                  self.store, self.sm, self.auth)
         except StartupError as exc:
             self.sm.close()
@@ -76,13 +80,19 @@ class MdsServer:
                                                write_lease_s=float(mds.write_lease_s),
                                                capability_skew_s=float(mds.capability_skew_s))
         self.service.chunkservers = self.chunkservers
+        self.membership = Membership(self.service)
+        self.events = EventLog()
         self.service.cluster_name = config.cluster.name
         self._dgram_key = datagram_key(secret, config.cluster.id)
         self.heartbeats: DatagramChannel | None = None
+        #: called once the node serves (the dashboard starts then)
+        self.on_started: Callable[[], None] | None = None
         router = Router()
         self.node.register(router)
         self.service.register(router)
         self.chunkservers.register(router)
+        self.membership.register(router)
+        self.events.register(router)
         net = config.net
         self.server = RpcServer(router, self.auth, allowed_roles=MDS_PEER_ROLES, limits=limits_of(config.net),
                                 max_connections=net.max_connections, max_connections_per_ip=net.max_connections_per_ip)
@@ -110,11 +120,15 @@ class MdsServer:
             self.close_stores()
             raise UsageError(f"cannot receive heartbeats on UDP {listen}: {exc.strerror}") from None
         receiver = asyncio.ensure_future(self._receive_heartbeats(self.heartbeats))
+        self.events.install()
         try:
             await self.node.start()
             await self.service.start()
             await self.chunkservers.start()
+            await self.membership.start()
             log.info("mds.started", extra={"node": self.config.node.id, "listen": str(listen), "pid": os.getpid()})
+            if self.on_started is not None:
+                self.on_started()
             fatal = asyncio.ensure_future(self.node.wait_fatal())
             stopped = asyncio.ensure_future(stop.wait())
             try:
@@ -124,11 +138,13 @@ class MdsServer:
                     task.cancel()
         finally:
             # reverse order of start
+            await self.membership.stop()
             await self.chunkservers.stop()
             await self.service.stop()
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             self.heartbeats.close()
+            self.events.uninstall()
             await self.server.close()
             await self.node.stop()
             self.close_stores()

@@ -320,7 +320,8 @@ class MetadataService:
     async def _keepalive(self, ctx: RequestContext, msg: w.SessionKeepaliveRequest, payload: bytes) -> Message:
         await self.leader()
         self._check_session(msg.session, msg.host, msg.mountpoint)
-        return w.SessionReply(expire_after_s=int(self.session_expire_s), leader_id=self.node.id)
+        return w.SessionReply(expire_after_s=int(self.session_expire_s), leader_id=self.node.id,
+                              mds=self.node.members())
 
     async def _session_close(self, ctx: RequestContext, msg: w.SessionCloseRequest, payload: bytes) -> Message:
         await self.leader()
@@ -433,6 +434,10 @@ class MetadataService:
         session = session_of_lane(m.lane)
         await self._mutate(m, lambda now: ns.Release(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode,
                                                      session=session, write=m.write), grows=False)
+        if m.write and self.chunkservers is not None and not self.sm.write_opens(m.inode):
+            # the last writer closed (after its flush and WriteDone): its chunks may be
+            # repaired now, not only when the write leases run out
+            self.chunkservers.release_leases_of(m.inode)
         return w.DoneReply()
 
     async def _set_policy(self, ctx: RequestContext, m: w.SetPolicyRequest, payload: bytes) -> Message:
@@ -555,7 +560,8 @@ class MetadataService:
         node = self.sm.getattr(m.inode)
         policy = ReplicaPolicy.parse(node.policy or ns.DEFAULT_POLICY)
         servers = manager.view()
-        placement = place_replicas(servers, policy.replicas, writer_host=m.writer_host or None)
+        placement = place_replicas(servers, policy.replicas, writer_host=m.writer_host or None,
+                                   salt=m.inode * 1_000_003 + m.index)
         if len(placement.servers) < policy.min:
             usable = sum(1 for cs in servers if cs.accepts_new_replicas())
             states = ", ".join(f"cs {cs.cs_id} {cs.status.value} {cs.used_ratio:.0%} full on {cs.host or '?'}"
@@ -626,7 +632,7 @@ class MetadataService:
                                 leader_id=st["leader"] or "", leader_address=self.node.leader_address() or "",
                                 commit=int(st["commit"]), applied=index, state_hash=state_hash, raft=raft,
                                 chunks=self.chunkservers.summary() if self.chunkservers and self.serving else {},
-                                cluster_name=self.cluster_name)
+                                cluster_name=self.cluster_name, members=self.node.members())
 
 
 __all__ = ["MetadataService", "attr_of", "unwrap"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from vstore.errors import Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable
 from vstore.net.connection import Auth, Limits
@@ -53,6 +53,14 @@ class LeaderCaller:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+
+    def learn(self, addresses: Iterable[str]) -> None:
+        """The MDS group's current addresses (from a leader's reply): they become the seeds
+        tried when no leader is known, so losing the addresses this link was given first
+        does not lose the cluster. A removed MDS stops being tried."""
+        fresh = [a for a in dict.fromkeys(addresses) if a]
+        if fresh and fresh != self._seeds:
+            self._seeds = fresh
 
     @property
     def leader(self) -> str | None:

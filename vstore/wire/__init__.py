@@ -20,6 +20,7 @@ from vstore.wire.handshake import ClientHandshake, FrameAuth, Identity, Role, Se
 from vstore.wire import raft as _raft  # noqa: F401  (registers the Raft message types)
 from vstore.wire import mds as _mds  # noqa: F401  (registers the metadata message types)
 from vstore.wire import cs as _cs  # noqa: F401  (registers the chunk data message types)
+from vstore.wire import admin as _admin  # noqa: F401  (registers the admin message types)
 from vstore.wire.messages import (ErrorReply, HandshakeChallenge, HandshakeHello, HandshakeWelcome, Heartbeat,
                                   Message, MsgType, PingReply, PingRequest, all_message_classes, decode_meta,
                                   encode_meta, message_class)

@@ -122,5 +122,33 @@ class FsyncChunkReply(Message):
     length_bytes: U64 = 0
 
 
+@register
+class VerifyChunkRequest(Message):
+    """Read this chunkserver's whole replica of the chunk at ``version`` against its block
+    checksums and say what was checked; no data comes back (``vstore scrub``). ``token`` is a
+    read capability: verifying discloses nothing a read would not. A failed block is answered
+    as a read's would be: an ErrorReply with CHECKSUM_MISMATCH (details: chunk, version,
+    ``block``, the first failed block, and ``bad_blocks``, how many failed in the piece where
+    the first was found), and the replica is marked bad and reported to the MDS."""
+
+    TYPE = MsgType.VERIFY_CHUNK
+    chunk_id: U64
+    version: U64
+    token: Token
+
+
+@register
+class VerifyChunkReply(Message):
+    """The replica passed: every one of its ``blocks_checked`` blocks of ``block_bytes``,
+    covering its valid length ``length_bytes``, was read and matched its checksum. There is
+    no "bad" reply: a replica that fails is an ErrorReply, so no reply can be misread as good
+    (the caller checks that ``blocks_checked`` covers ``length_bytes``)."""
+
+    TYPE = MsgType.VERIFY_CHUNK_REPLY
+    length_bytes: U64
+    blocks_checked: U64
+    block_bytes: U32
+
+
 __all__ = ["piece_checksums", "ChainHop", "CHUNK_IO_BYTES_MAX", "FsyncChunkReply", "FsyncChunkRequest", "ReadChunkReply",
-           "ReadChunkRequest", "WriteChunkReply", "WriteChunkRequest"]
+           "ReadChunkRequest", "VerifyChunkReply", "VerifyChunkRequest", "WriteChunkReply", "WriteChunkRequest"]

@@ -447,6 +447,9 @@ class SessionReply(Message):
     TYPE = MsgType.SESSION_REPLY
     expire_after_s: U32
     leader_id: NodeIdStr
+    #: every MDS of the current configuration (node id -> address): a client that was given
+    #: one address learns the others, and rides through that one's loss
+    mds: dict[NodeIdStr, AddressText] = {}
 
 
 @register
@@ -482,6 +485,8 @@ class MdsStatusReply(Message):
     chunks: dict[str, int] = {}
     #: the cluster's human name (its [cluster] name), for tools that join a node to it
     cluster_name: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    #: the configuration this MDS applied: node id -> address, voters and learners alike
+    members: dict[NodeIdStr, AddressText] = {}
 
 
 # ---- chunkserver -> MDS -----------------------------------------------------------------------
@@ -579,6 +584,9 @@ class OrdersReply(Message):
     MAX_META_BYTES = 1 * MIB
     report_wanted: bool = False
     orders: Annotated[tuple[Order, ...], msgspec.Meta(max_length=ORDERS_PER_FETCH_MAX)] = ()
+    #: every MDS of the current configuration (node id -> address): where heartbeats go, so
+    #: an MDS added after this chunkserver was configured hears it before it may lead
+    mds: dict[NodeIdStr, AddressText] = {}
 
 
 @register
@@ -613,3 +621,6 @@ class SetCsStateRequest(Message):
     TYPE = MsgType.SET_CS_STATE
     cs_id: U32
     state: Annotated[str, msgspec.Meta(pattern=r"^(active|draining|removed)$")]
+    #: with ``removed``: drop its replicas from every chunk first (an operator who accepts
+    #: that chunks whose only copy it holds are lost, ``vstore rm-node --force``)
+    force: bool = False

@@ -121,6 +121,8 @@ class MsgType(enum.IntEnum):
     READ_CHUNK_REPLY = 203
     FSYNC_CHUNK = 204
     FSYNC_CHUNK_REPLY = 205
+    VERIFY_CHUNK = 206
+    VERIFY_CHUNK_REPLY = 207
     # Raft (vstore/wire/raft.py)
     RAFT_MESSAGE = 300
     RAFT_SNAPSHOT_CHUNK_REQUEST = 301
@@ -129,6 +131,15 @@ class MsgType(enum.IntEnum):
     RAFT_SNAPSHOT_FETCH_REPLY = 304
     # datagrams
     HEARTBEAT = 350
+    # admin: operators' tools -> MDS (vstore/wire/admin.py)
+    ADD_MDS = 400
+    REMOVE_MDS = 401
+    MEMBERSHIP_REPLY = 402
+    CS_LIST = 403
+    CS_LIST_REPLY = 404
+    MEMBERSHIP = 405
+    EVENTS = 406
+    EVENTS_REPLY = 407
 
 
 class Message(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):

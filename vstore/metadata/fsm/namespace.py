@@ -404,6 +404,19 @@ class NamespaceStateMachine(LmdbStateMachine):
         with self.env.begin() as txn:
             return _page(txn.cursor(db=self.tables[b"doomed"]), after_chunk_id, limit, doomed_decoder)
 
+    def write_opens(self, inode: int) -> int:
+        """Write handles on ``inode``, every session's together (a range of the opens table)."""
+        prefix = inode_key(inode)
+        total = 0
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self.tables[b"opens"])
+            if cursor.set_range(prefix):
+                for key, raw in cursor.iternext():
+                    if not bytes(key).startswith(prefix):
+                        break
+                    total += _open_counts(raw)[1]
+        return total
+
     def session_expired(self, session: bytes) -> bool:
         """Was this client session expired (within the last EXPIRED_KEEP_NS)?"""
         with self.env.begin() as txn:

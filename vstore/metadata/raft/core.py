@@ -99,6 +99,8 @@ class RaftCore:
         self.role = Role.FOLLOWER
         self.voters: tuple[str, ...] = ()
         self.learners: tuple[str, ...] = ()
+        #: on a leader, the members heard from in the last complete check-quorum round
+        self._last_round_active: frozenset[str] = frozenset()
         self.addresses: dict[str, str] = {}
         self.progress: dict[str, Progress] = {}
         self.votes: dict[str, bool] = {}
@@ -293,6 +295,14 @@ class RaftCore:
                     self._bcast_append()
         return conf_state
 
+    def active_members(self) -> frozenset[str]:
+        """On a leader: the members heard from in this check-quorum round or the last one
+        (within one or two election timeouts), itself included. Empty on anyone else."""
+        if self.role is not Role.LEADER:
+            return frozenset()
+        now = {node for node, pr in self.progress.items() if pr.recent_active}
+        return frozenset(now | self._last_round_active | {self.id})
+
     def conf_state(self) -> ConfState:
         return ConfState(voters=self.voters, learners=self.learners, addresses=dict(self.addresses))
 
@@ -408,6 +418,7 @@ class RaftCore:
         self._reset(self.term)
         self.leader = self.id
         self.role = Role.LEADER
+        self._last_round_active = frozenset()
         own = self.progress.get(self.id)
         if own is not None:
             own.become_replicate()
@@ -493,6 +504,7 @@ class RaftCore:
             self.election_elapsed = 0
             if self.config.check_quorum:
                 active = {node for node, pr in self.progress.items() if pr.recent_active or node == self.id}
+                self._last_round_active = frozenset(active)
                 for node, pr in self.progress.items():
                     if node != self.id:
                         pr.recent_active = False

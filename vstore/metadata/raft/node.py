@@ -210,6 +210,11 @@ class RaftNode:
             return None
         return self.core.addresses.get(self.leader_id)
 
+    def members(self) -> dict[str, str]:
+        """The applied configuration: every voter and learner -> its address."""
+        core = self.core
+        return {node: core.addresses.get(node, "") for node in core.voters + core.learners}
+
     async def propose(self, data: bytes) -> Any:
         """Replicate one command and return its result once applied here.
 
