@@ -244,6 +244,11 @@ class NodeSection:
     data_dir: str = _setting(doc="Directory that holds this node's state (Raft log or chunk files); absolute",
                              check=_is_abs_path,
                              example={"mds": "/var/lib/vstore/mds-1", "cs": "/var/lib/vstore/cs-1"})
+    # A key in the file, not only the environment variable, so that a production config
+    # (which never says true) refuses to run with injected failures even if someone
+    # exports VSTORE_FAILPOINTS by mistake (vstore/failpoints.py).
+    failpoints: bool = _setting(False, doc="Test-only failure injection: a node refuses to start with "
+                                           "VSTORE_FAILPOINTS set unless this is true")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

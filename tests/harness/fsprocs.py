@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from tests.harness.mdsprocs import MdsProcCluster
@@ -20,7 +20,9 @@ from tests.harness.procs import free_port
 from tests.harness.wait import wait_for
 
 
-def cs_config(cluster: MdsProcCluster, name: str, *, heartbeat_ms: int = 200) -> Path:
+def cs_config(cluster: MdsProcCluster, name: str, *, heartbeat_ms: int = 200,
+              extra: dict[str, int] | None = None) -> Path:
+    """A chunkserver's config; ``extra``: more [chunkserver] keys (e.g. scrub_rate_bytes_per_s = 0)."""
     path = cluster.root / f"{name}.toml"
     path.write_text(f"""
 [node]
@@ -29,6 +31,7 @@ role = "cs"
 listen = "127.0.0.1:{free_port()}"
 host = "host-{name}"
 data_dir = "{cluster.root / name}"
+failpoints = {"true" if cluster.failpoints else "false"}
 
 {cluster.cluster_section()}
 [log]
@@ -37,7 +40,7 @@ level = "info"
 [chunkserver]
 heartbeat_interval_ms = {heartbeat_ms}
 reserve_bytes = 0
-""")
+""" + "".join(f"{k} = {v}\n" for k, v in (extra or {}).items()))
     return path
 
 
@@ -57,13 +60,17 @@ def unmount(path: Path) -> None:
 
 class FsCluster(MdsProcCluster):
     def __init__(self, root: Path, ids: tuple[str, ...] = ("m1", "m2", "m3"), *, chunkservers: int = 3,
-                 **kwargs) -> None:  # type: ignore[no-untyped-def]
+                 cs_extra: dict[str, int] | None = None, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(root, ids, **kwargs)
+        #: more [chunkserver] keys for every chunkserver's config
+        self.cs_extra = cs_extra or {}
         self.cs_names = [f"cs-{n}" for n in range(1, chunkservers + 1)]
         self.mounts: dict[str, Path] = {}
 
-    def start_cs(self, name: str) -> None:
-        self.group.python(name, "vstore.cli.main", "serve", "-c", str(cs_config(self, name)))
+    def start_cs(self, name: str, *, env: Mapping[str, str] | None = None) -> None:
+        """Start (or restart) one chunkserver; ``env`` for this start only."""
+        self.group.python(name, "vstore.cli.main", "serve", "-c", str(cs_config(self, name, extra=self.cs_extra)),
+                          env=env)
 
     def cs_name_of(self, cs_id: int) -> str:
         return next(n for n in self.cs_names if (self.root / n / "cs-id").read_text().strip() == str(cs_id))
@@ -159,14 +166,18 @@ async def write_files(config: Path, files: dict[str, bytes], *, host: str = "hos
         await client.close()
 
 
-async def read_files(config: Path, paths: list[str], *, host: str = "host-reader") -> dict[str, bytes]:
-    """Read each file whole through the client library (a fresh client: nothing cached)."""
+async def read_files(config: Path, paths: list[str], *, host: str = "host-reader",
+                     deadline_s: float | None = None) -> dict[str, bytes]:
+    """Read each file whole through the client library (a fresh client: nothing cached);
+    ``deadline_s``: the client's bound before EIO (its default otherwise)."""
     from vstore.client.factory import file_client
+    from vstore.client.files import ClientOptions
     from vstore.config import load_client_config
     from vstore.metadata.fsm.schema import ROOT_INODE
     cfg = load_client_config(config)
+    options = ClientOptions(deadline_s=deadline_s) if deadline_s is not None else ClientOptions()
     client = file_client(cluster_id=cfg.cluster.id, mds=[(a.host, a.port) for a in cfg.cluster.mds],
-                         secret_file=cfg.cluster.secret_file, net=cfg.net, host=host)
+                         secret_file=cfg.cluster.secret_file, net=cfg.net, host=host, options=options)
     await client.start()
     out: dict[str, bytes] = {}
     try:

@@ -12,7 +12,7 @@ import contextlib
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from tests.harness.procs import ProcessGroup, free_port
@@ -29,8 +29,11 @@ from vstore.wire import mds as w
 class MdsProcCluster:
     def __init__(self, root: Path, ids: tuple[str, ...] = ("m1", "m2", "m3"), *, heartbeat_ms: int = 50,
                  election_ms: int = 500, session_expire_s: int = 30, chunk_bytes: int = 64 << 20,
-                 mds_extra: dict[str, int] | None = None, admin: bool = False) -> None:
+                 mds_extra: dict[str, int] | None = None, admin: bool = False, failpoints: bool = False) -> None:
         self.mds_extra = mds_extra or {}
+        #: ``[node] failpoints = true`` in every node's config (vstore/failpoints.py): a
+        #: process started with VSTORE_FAILPOINTS in its ``env`` then runs them
+        self.failpoints = failpoints
         #: with ``admin``, every MDS serves the dashboard (``admin_url``), and this logs in to it
         self.admin = admin
         self.admin_password = new_password() if admin else ""
@@ -79,6 +82,7 @@ role = "mds"
 listen = "{self.address(node_id)}"
 host = "host-{node_id}"
 data_dir = "{self.root / node_id}"
+failpoints = {"true" if self.failpoints else "false"}
 
 {self.cluster_section()}
 [log]
@@ -95,8 +99,9 @@ session_expire_s = {session_expire_s}
 
     # ---- processes ---------------------------------------------------------------------------------
 
-    def start(self, node_id: str) -> None:
-        self.group.python(node_id, "vstore.cli.main", "serve", "-c", str(self.root / f"{node_id}.toml"))
+    def start(self, node_id: str, *, env: Mapping[str, str] | None = None) -> None:
+        """Start (or restart) one MDS; ``env`` for this start only (e.g. VSTORE_FAILPOINTS)."""
+        self.group.python(node_id, "vstore.cli.main", "serve", "-c", str(self.root / f"{node_id}.toml"), env=env)
 
     def start_all(self) -> None:
         for node_id in self.ids:

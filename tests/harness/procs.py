@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def vstore(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """Run the ``vstore`` command as an operator would (a child process; output captured)."""
+def vstore(*args: str, timeout: float = 90, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``vstore`` command as an operator would (a child process; output captured).
+    ``env``: variables set for it on top of this process's environment."""
     return subprocess.run([sys.executable, "-m", "vstore.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **env} if env else None)
 
 
 @dataclass
@@ -54,20 +56,23 @@ class ProcessGroup:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, Proc] = {}
 
-    def start(self, name: str, argv: list[str]) -> Proc:
+    def start(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None) -> Proc:
+        """Start (or restart) ``name``. ``env``: variables for this start only, on top of
+        this process's environment (a restart without it runs without them)."""
         proc = self.procs.get(name) or Proc(name, argv, self.log_dir / f"{name}.log")
         proc.argv = argv
         log = open(proc.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc.popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=full_env,
                                       start_new_session=True)
         log.close()
-        proc.history.append(f"start pid {proc.popen.pid}")
+        extra = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+        proc.history.append(f"start pid {proc.popen.pid}" + (f" with {extra}" if extra else ""))
         self.procs[name] = proc
         return proc
 
-    def python(self, name: str, module: str, *args: str) -> Proc:
-        return self.start(name, [sys.executable, "-m", module, *args])
+    def python(self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None) -> Proc:
+        return self.start(name, [sys.executable, "-m", module, *args], env=env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]

@@ -26,3 +26,18 @@ async def wait_for(pred: Callable[[], Any | Awaitable[Any]], *, timeout_s: float
             described = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {described}; last seen: {last!r}")
         await asyncio.sleep(interval_s)
+
+
+def wait_until(pred: Callable[[], Any], *, timeout_s: float, what: str | Callable[[], str],
+               interval_s: float = 0.2) -> Any:
+    """``wait_for`` for threads and synchronous tests (the nemesis rows drive real processes
+    and FUSE syscalls, which block): poll ``pred`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {described}; last seen: {last!r}")
+        time.sleep(interval_s)

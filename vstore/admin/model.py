@@ -40,6 +40,9 @@ def assess(mds: Mapping[str, Mapping[str, Any] | None], chunks: Mapping[str, int
                       ("backlog_below_target", "below their target")):
         if chunks.get(key):
             reasons.append(f"{chunks[key]} chunk(s) {what}")
+    if chunks.get("storm_brake"):
+        reasons.append("storm brake: too many chunkservers down at once, automatic rebuild stopped "
+                       "(bring them back, or rm-node the dead ones)")
     if chunks.get("safe_mode"):
         reasons.append("the leader is in safe mode (waiting for chunkserver reports)")
     return ("degraded" if reasons else "healthy"), reasons

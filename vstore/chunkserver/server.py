@@ -1,7 +1,8 @@
 """One chunkserver process: registers with the MDS, opens its store, serves chunk data, keeps
 the MDS link (heartbeats, reports, orders), and stops cleanly (``vstore serve -c cs.toml``).
 
-Order of start (reversed at stop): secret -> registration (a data dir without a ``cs-id``
+Order of start (reversed at stop): failpoints (vstore/failpoints.py: refused unless the config
+allows them) -> secret -> registration (a data dir without a ``cs-id``
 marker joins the cluster, one with it re-registers as that cs id; the MDS tells the chunk
 size) -> store and start-up scan -> data service and RPC server -> MDS link.
 """
@@ -23,6 +24,7 @@ from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import ChunkStore
 from vstore.config import NodeConfig
 from vstore.errors import UsageError
+import vstore.failpoints as failpoints
 from vstore.net import Auth, Router, RpcServer, read_secret_file
 from vstore.wire import FrameAuth, Identity, datagram_key
 from vstore.wire.capability import capability_key
@@ -36,6 +38,8 @@ class CsServer:
     def __init__(self, config: NodeConfig) -> None:
         if config.node.role != "cs" or config.chunkserver is None:
             raise UsageError(f"node {config.node.id} has role {config.node.role!r}, not cs")
+        # first: a node that must refuse its environment refuses before it touches anything
+        failpoints.configure(allowed=config.node.failpoints, role="cs")
         self.config = config
         self.data_dir = Path(config.node.data_dir)
         self.secret = read_secret_file(config.cluster.secret_file)

@@ -26,6 +26,11 @@ fsync). Index flags: INCOMPLETE (mirrors the header), BAD_DATA (a check failed: 
 is refused until deleted and rebuilt from a peer), BAD_IO (the disk returned EIO: same, and
 no later fsync may succeed).
 
+Failpoints (vstore/failpoints.py, tests only) stand where the OS calls they imitate would
+fail, so an injected error takes the real error's path: ``cs.write`` before a write's
+pwrites (``_apply``), ``cs.fsync`` before each replica fsync (``_fsync_fd``), ``cs.read``
+before a block read (``_read_blocks``).
+
 Every directory and file is opened relative to a directory fd with O_NOFOLLOW, so a symlink
 planted anywhere below data_dir/chunks fails with ``errors.Loop`` instead of being followed.
 data_dir itself is operator configuration and may be a symlink.
@@ -85,6 +90,7 @@ from vstore.chunkserver.chunkfile import (
     verified_content,
     verify_blocks,
 )
+from vstore.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -446,6 +452,7 @@ class ChunkStore:
         """(stored data, slots) of ``count`` blocks from ``first``. The slots must be whole (the
         table length was checked against the file size); the data may be short at EOF."""
         try:
+            failpoint("cs.read")
             raw_slots = _pread_exact(fd, count * SLOT_BYTES, slot_offset(header, first))
             data = _pread_exact(fd, count * header.block_bytes, block_offset(header, first))
         except OSError as exc:
@@ -469,8 +476,10 @@ class ChunkStore:
         may have landed in part: each block old, new or failing its checksum), so the replica
         is flagged damaged as well as the error raised: the service drops it from the chain and
         the MDS rebuilds it (F9, F14). Telling "nothing landed" apart was rejected as fragile."""
-        for offset, data in pwrites:
+        for n, (offset, data) in enumerate(pwrites):
             try:
+                if n == 0:
+                    failpoint("cs.write")
                 _pwrite_all(fd, data, offset)
             except OSError as exc:
                 typed = _os_error(exc, chunk_id, "write")
@@ -482,6 +491,7 @@ class ChunkStore:
         """fsync, and on failure flag the replica BAD_IO: Linux reports a write-back error once,
         so a retried fsync could "succeed" over lost pages. Never retried here."""
         try:
+            failpoint("cs.fsync")
             os.fsync(fd)
         except OSError as exc:
             log.error("cs.store.fsync_failed", extra={"chunk": chunk_id, "error": str(exc)})

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import os
 import shutil
@@ -126,12 +127,20 @@ async def _cluster_status(join: Address, auth_for: Any) -> tuple[str, Any, Any]:
     link = LeaderCaller([(join.host, join.port)], auth, deadline_s=CONNECT_TIMEOUT_S, attempt_deadline_s=5.0)
     try:
         status = await link._client(str(join)).call(w.MdsStatusRequest(), deadline_s=CONNECT_TIMEOUT_S)
+        reply = status.message
+        assert isinstance(reply, w.MdsStatusReply)
+        if reply.role != "leader" and reply.leader_address:
+            # the configuration as the leader has it: the MDS asked may still be catching up
+            # (a learner just added) and know fewer members
+            with contextlib.suppress(VStoreError):
+                led = await link._client(reply.leader_address).call(w.MdsStatusRequest(),
+                                                                    deadline_s=CONNECT_TIMEOUT_S)
+                if isinstance(led.message, w.MdsStatusReply) and led.message.role == "leader":
+                    reply = led.message
     except AuthFailed as exc:
         raise JoinFailed(f"the MDS at {join} refused us: {exc.message} (is this the cluster's secret?)") from None
     finally:
         await link.close_connections()
-    reply = status.message
-    assert isinstance(reply, w.MdsStatusReply)
     return cluster_id, reply, auth
 
 

@@ -3,7 +3,9 @@
 Logs go where the config's ``[log]`` section says. An MDS also serves the dashboard at
 ``[mds] admin_listen`` (vstore/admin) once it runs, unless ``admin_enabled = false``. Exit codes: 0 after a clean stop
 (SIGTERM or Ctrl-C), 1 when the node stopped on a fatal error (a failed fsync, a full
-metadata map: its log says which), 2 for a bad config, secret or data dir.
+metadata map: its log says which), 2 for a bad config, secret or data dir (also for
+VSTORE_FAILPOINTS set on a node whose config does not allow failpoints), 86 when a
+failpoint's ``panic`` ended it (tests only: vstore/failpoints.py).
 """
 
 from __future__ import annotations

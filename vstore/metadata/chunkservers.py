@@ -67,6 +67,8 @@ class _InFlight:
     cs_id: CsId
     issued_s: float
     doomed: bool = False   # a delete from the doomed queue (confirm with ChunkDeleted)
+    #: the boot id of the chunkserver run that fetched it (empty while still queued)
+    boot_id: bytes = b""
 
 
 class ChunkserverManager:
@@ -107,7 +109,8 @@ class ChunkserverManager:
         self._missing: dict[CsId, set[int]] = {}
         self._waiters: dict[int, asyncio.Future[int]] = {}
         self._missing_ok: set[int] = set()  # bump orders whose replica may lack the file
-        #: (chunk, cs) replicas reported damaged that could not be dropped (the last copy)
+        #: (chunk, cs) replicas reported damaged that could not be dropped (the last copy);
+        #: an entry goes when that server deletes its copy or completes a new one
         self.damaged: set[tuple[int, CsId]] = set()
         #: chunk id -> monotonic time its write lease ends (no copies while a writer is at it)
         self.write_leases: dict[int, float] = {}
@@ -116,6 +119,8 @@ class ChunkserverManager:
         self.tallies: dict[CsId, CsTally] = {}
         #: chunks the last repair round saw
         self.chunks_total = 0
+        #: no copies before this (monotonic): a storm just ended, its servers may still return
+        self._storm_hold_until = 0.0
         #: (monotonic start, copied bytes then) of the rebuild under way, if any
         self._rebuild_from: tuple[float, int] | None = None
         self.safe_mode = True
@@ -145,6 +150,17 @@ class ChunkserverManager:
             self._task = None
         for event in self._wakeups.values():
             event.set()
+
+    def _rebase_liveness(self, now: float) -> None:
+        """Liveness as if this leadership started ``now``: heartbeats heard before stay, but
+        nobody is offline or failed for a silence that began before it."""
+        fresh = CsLiveness(now, offline_after_s=self.offline_after_s, failed_after_s=self.failed_after_s)
+        for cs_id in self.sm.chunkservers():
+            boot = self.liveness.boot_id(cs_id)
+            last = self.liveness.last_heard_s(cs_id)
+            if boot is not None and last is not None:
+                fresh.heartbeat(cs_id, now, boot, self.liveness.gauges(cs_id))
+        self.liveness = fresh
 
     def _take_over(self) -> None:
         """A new term on this leader: orders of an earlier leadership are forgotten (they are
@@ -336,6 +352,7 @@ class ChunkserverManager:
         await self.service.leader()
         self._take_over()
         cs_id = self._cs_of(ctx)
+        self._forget_orders_of_earlier_runs(cs_id, m.boot_id)
         queue = self._queues.setdefault(cs_id, deque())
         if not queue and not self._report_wanted(cs_id, m.boot_id):
             event = self._wakeups.setdefault(cs_id, asyncio.Event())
@@ -348,7 +365,11 @@ class ChunkserverManager:
                 raise self.service.node.not_leader_error()
         orders = []
         while queue and len(orders) < w.ORDERS_PER_FETCH_MAX:
-            orders.append(queue.popleft())
+            order = queue.popleft()
+            flight = self._inflight.get(order.order_id)
+            if flight is not None:
+                flight.boot_id = m.boot_id
+            orders.append(order)
         self.stats["orders_sent"] += len(orders)
         return w.OrdersReply(report_wanted=self._report_wanted(cs_id, m.boot_id), orders=tuple(orders),
                              mds=self.service.node.members())
@@ -391,6 +412,10 @@ class ChunkserverManager:
                 await self.service.propose_op(lambda now: ns.AddReplica(uid=0, gid=0, now_ns=now,
                                                                         chunk_id=order.chunk_id,
                                                                         version=order.version, cs_id=cs_id))
+                # the copy replaced whatever file the server had for the chunk (a damaged
+                # one makes way first), and was verified: it is not the damaged replica
+                # reported earlier; counting it damaged would drop it and copy it again forever
+                self.damaged.discard((order.chunk_id, cs_id))
                 self.stats["copies_committed"] += 1
                 self.stats["copied_bytes"] += order.length_bytes
                 log.info("chunk.replicated", extra={"chunk": order.chunk_id, "version": order.version,
@@ -401,6 +426,7 @@ class ChunkserverManager:
                 log.info("chunk.copy_obsolete", extra={"chunk": order.chunk_id, "cs_id": cs_id, "error": exc.message})
                 self._stale.setdefault(cs_id, {})[order.chunk_id] = order.version
         elif order.kind == w.OrderKind.DELETE:
+            self.damaged.discard((order.chunk_id, cs_id))  # the damaged file is gone with it
             self._stale.get(cs_id, {}).pop(order.chunk_id, None)
             if cs_id in self._reports:
                 self._reports[cs_id].pop(order.chunk_id, None)
@@ -534,21 +560,59 @@ class ChunkserverManager:
     def _expire_orders(self, now: float) -> None:
         for order_id, flight in list(self._inflight.items()):
             if now - flight.issued_s > self.order_timeout_s:
-                del self._inflight[order_id]
-                self._missing_ok.discard(order_id)
-                self._busy_chunks.discard(flight.order.chunk_id)
-                self._copying.discard(flight.order.chunk_id)
-                queue = self._queues.get(flight.cs_id)
-                if queue and flight.order in queue:
-                    queue.remove(flight.order)
+                self._forget_order(order_id, flight)
+
+    def _forget_orders_of_earlier_runs(self, cs_id: CsId, boot_id: bytes) -> None:
+        """Orders an earlier run of this chunkserver fetched died with that process: no
+        OrderDone will come for them. Forget them now, not after ``order_timeout_s``, so the
+        planner can order the work again at once (a restart in the middle of a rebuild
+        would otherwise stall it for two minutes). Safe whatever the dead run had done: a
+        copy it finished is a replica the state does not list, reported stale by the new
+        run and deleted; a version bump it missed is found behind in that report."""
+        for order_id, flight in list(self._inflight.items()):
+            if flight.cs_id == cs_id and flight.boot_id and flight.boot_id != boot_id:
+                self._forget_order(order_id, flight)
+                waiter = self._waiters.pop(order_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(int(ErrorCode.UNAVAILABLE))
+
+    def _forget_orders_to(self, cs_id: CsId) -> None:
+        """A chunkserver stopped heartbeating: the copies ordered to it will not complete
+        (and each would hold its chunk's writers off with Busy until the order timed out).
+        Forget them now; the planner orders the work elsewhere, or again when it is back.
+        Safe whatever it does with them later: an unlisted copy is reported stale and
+        deleted, and its OrderDone for a forgotten order is ignored."""
+        for order_id, flight in list(self._inflight.items()):
+            if flight.cs_id == cs_id and flight.order.kind == w.OrderKind.COPY:
+                self._forget_order(order_id, flight)
+
+    def _forget_order(self, order_id: int, flight: _InFlight) -> None:
+        del self._inflight[order_id]
+        self._missing_ok.discard(order_id)
+        self._busy_chunks.discard(flight.order.chunk_id)
+        self._copying.discard(flight.order.chunk_id)
+        queue = self._queues.get(flight.cs_id)
+        if queue and flight.order in queue:
+            queue.remove(flight.order)
 
     # ---- the repair loop (leader only) ------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        last = self._monotonic()
         while True:
             await asyncio.sleep(self.repair_interval_s)
+            now = self._monotonic()
+            gap, last = now - last, now
             svc = self.service
             if not svc.node.is_leader or not svc.serving:
+                continue
+            if gap > max(3 * self.repair_interval_s, self.offline_after_s):
+                # this process did not run for a while (SIGSTOP, a VM pause, a swap storm):
+                # the chunkservers' silence is its own, and its leadership may be gone. Give
+                # every chunkserver a fresh grace and confirm leadership before acting.
+                self._rebase_liveness(now)
+                log.warning("mds.paused", extra={"seconds": round(gap, 1),
+                                                 "action": "liveness restarted; leadership re-checked"})
                 continue
             try:
                 await self._repair_round()
@@ -562,6 +626,8 @@ class ChunkserverManager:
         records = self.records()
         active = [c for c, r in records.items() if r.state != "removed"]
         for cs_id, old, new in self.liveness.transitions(now, active):
+            if new is not CsStatus.ONLINE:
+                self._forget_orders_to(cs_id)
             level = logging.WARNING if new is CsStatus.FAILED else logging.INFO
             event = {CsStatus.ONLINE: "cs.back", CsStatus.OFFLINE: "cs.offline", CsStatus.FAILED: "cs.failed"}[new]
             log.log(level, event, extra={"cs_id": cs_id, "host": records[cs_id].host if cs_id in records else "",
@@ -592,8 +658,13 @@ class ChunkserverManager:
                                                             (CsStatus.OFFLINE, CsStatus.FAILED)),
                                                 "action": "automatic rebuild stopped; bring chunkservers back"})
         self._storm_logged = plan.storm_brake
+        if plan.storm_brake:
+            # servers of a storm come back one by one: the brake releases at the first ones,
+            # and the last would be rebuilt a moment before they report. Hold copies for one
+            # more grace after the storm; whoever is still down then is rebuilt.
+            self._storm_hold_until = now + self.failed_after_s
         by_id = {c.chunk_id: c for c in chunks}
-        copies_allowed = now >= self._copies_after_s
+        copies_allowed = now >= self._copies_after_s and now >= self._storm_hold_until
         for job in plan.jobs:
             chunk = by_id[job.chunk_id]
             if job.kind is JobKind.COPY:

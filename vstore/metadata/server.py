@@ -1,7 +1,8 @@
 """One MDS process: opens its data dir, runs the Raft node and the metadata service on one
 RPC server, and stops cleanly on SIGTERM/SIGINT (``vstore serve -c mds.toml``).
 
-Order of start (and, reversed, of stop): secret and data dir checks -> Raft log store and
+Order of start (and, reversed, of stop): failpoints (vstore/failpoints.py: refused unless the
+config allows them), secret and data dir checks -> Raft log store and
 state machine -> Raft node -> RPC server (Raft peers, clients and chunkservers share its
 port) -> the service's background tasks. A fatal storage error in the Raft node (a failed
 fsync, a full map) stops the process with exit code 1: after a failed fsync the node must
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from vstore.config import NodeConfig
 from vstore.errors import UsageError
+import vstore.failpoints as failpoints
 from vstore.metadata.bootstrap import join_peers, raft_dir, state_dir
 from vstore.metadata.fsm.namespace import NamespaceStateMachine
 from vstore.metadata.raft.node import RaftNode, RaftNodeConfig, StartupError
@@ -44,6 +46,8 @@ class MdsServer:
     def __init__(self, config: NodeConfig) -> None:
         if config.node.role != "mds" or config.mds is None:
             raise UsageError(f"node {config.node.id} has role {config.node.role!r}, not mds")
+        # first: a node that must refuse its environment refuses before it touches anything
+        failpoints.configure(allowed=config.node.failpoints, role="mds")
         self.config = config
         self.data_dir = Path(config.node.data_dir)
         secret = read_secret_file(config.cluster.secret_file)

@@ -14,6 +14,11 @@ While step 1 or 3 waits for the disk, new input queues up and is handled togethe
 next round, so one fsync covers everything that arrived meanwhile (group commit). A disk
 error is fatal: the node stops and ``run()`` raises ``FatalStorageError``.
 
+Failpoints (vstore/failpoints.py, tests only): ``raft.before_persist`` in the writer
+thread's persist job, ``raft.after_persist_before_send`` once the persist is done,
+``raft.before_apply`` before the apply job (and ``apply.before_txn_commit`` inside it, in
+the state machine).
+
 Transport: each peer gets an ``RpcClient`` and a bounded send queue drained by its own
 task; a queue that overflows drops messages (Raft retransmits) and the core is told the
 peer is unreachable. Raft messages are one-way frames; a snapshot streams as
@@ -46,6 +51,7 @@ import xxhash
 
 from vstore.config import Address
 from vstore.errors import Busy, ConnectionLost, NotLeader, Unavailable, VStoreError
+from vstore.failpoints import afailpoint, failpoint
 from vstore.metadata.raft.codec import decode_conf_change
 from vstore.metadata.raft.core import RaftCore
 from vstore.metadata.raft.statemachine import LmdbStateMachine, StaleProposal, encode_state_check
@@ -306,6 +312,11 @@ class RaftNode:
             log.critical("raft.fatal", extra={"node": self.id, "error": f"{type(exc).__name__}: {exc}"},
                          exc_info=not isinstance(exc, FatalStorageError))
             self._fail_all(Unavailable(f"raft node {self.id} stopped: {exc}"))
+            # the ticker too: the node is dead, and wait_fatal (the process's cue to exit)
+            # waits for every task; a ticker left running kept a failed-fsync MDS alive
+            for task in self._tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
             if self._on_fatal is not None:
                 self._on_fatal(exc)
             raise
@@ -379,9 +390,10 @@ class RaftNode:
                 self._send(m)
         if self._must_persist(rd):
             # <- await: the loop runs handlers and peer senders while the fsync happens
-            await loop.run_in_executor(self._writer, self.log_store.persist, rd)
+            await loop.run_in_executor(self._writer, self._persist, rd)
             self.stats["fsyncs"] += 1
             self.stats["entries_persisted"] += len(rd.entries)
+            await _storage_failpoint("raft.after_persist_before_send")
         if not early:
             for m in rd.messages:
                 self._send(m)
@@ -391,6 +403,7 @@ class RaftNode:
             for entry in entries:
                 if entry.type == EntryType.CONF_CHANGE:
                     conf_states[entry.index] = self.core.apply_conf_change(decode_conf_change(entry.data))
+            await _storage_failpoint("raft.before_apply")
             # <- await: one state-machine transaction for the whole batch
             results = await loop.run_in_executor(self._writer, self.sm.apply, entries, conf_states)
             self.stats["entries_applied"] += len(entries)
@@ -420,6 +433,15 @@ class RaftNode:
                 self._read_waiters.append((rs.index, future))
         self.core.advance(rd)
         self._release_reads()
+
+    def _persist(self, rd: Ready) -> None:
+        """Step 1's write, on the writer thread, behind the ``raft.before_persist`` failpoint
+        (there, a sleep holds the writer exactly as a slow fsync would)."""
+        try:
+            failpoint("raft.before_persist")
+        except OSError as exc:  # an injected disk error ends the node as a real one does
+            raise FatalStorageError(f"cannot persist the Raft log in {self.log_store.path}: {exc}") from exc
+        self.log_store.persist(rd)
 
     def _after_apply(self, applied_count: int) -> None:
         """Compare state hashes: report a divergence once, and as leader propose checkpoints."""
@@ -836,6 +858,15 @@ class _PeerLink:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         await self.client.close()
+
+
+async def _storage_failpoint(name: str) -> None:
+    """A failpoint between the Ready's storage steps: an injected OSError there is the
+    storage failure it stands for, fatal to the node (FatalStorageError)."""
+    try:
+        await afailpoint(name)
+    except OSError as exc:
+        raise FatalStorageError(f"{name}: {exc}") from exc
 
 
 def _with_applied(config: RaftConfig, applied: int) -> RaftConfig:

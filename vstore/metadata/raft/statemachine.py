@@ -43,6 +43,7 @@ import lmdb
 import msgspec
 import xxhash
 
+from vstore.failpoints import failpoint
 from vstore.metadata.raft.codec import decode_conf_state, encode_conf_state
 from vstore.metadata.raft.storage import FatalStorageError
 from vstore.wire.raft import ConfState, Entry, EntryType, SnapshotMeta, StateCheck
@@ -226,7 +227,12 @@ class LmdbStateMachine:
                     batch_hashes[entry.index] = state_hash
                 raw.put(b"applied", _APPLIED.pack(*applied), db=self._meta)
                 raw.put(b"state_hash", _HASH.pack(state_hash), db=self._meta)
+                # every effect, the applied index and the hash are in the transaction now;
+                # a crash here must leave none of them (the commit is leaving this block)
+                failpoint("apply.before_txn_commit")
         except lmdb.Error as exc:  # MapFullError included: the entry cannot be applied here
+            raise FatalStorageError(f"cannot apply to the state machine in {self.path}: {exc}") from exc
+        except OSError as exc:  # injected at the failpoint; the transaction was aborted
             raise FatalStorageError(f"cannot apply to the state machine in {self.path}: {exc}") from exc
         self._applied = applied
         self._conf_state = conf_state

@@ -1,0 +1,147 @@
+"""Rows of RELIABILITY.md §7 that need processes but not separate hosts, on loopback:
+
+* F17: every MDS and chunkserver killed at once (a coordinated power failure) and restarted in
+  a seeded random order: every fsync-acknowledged byte and metadata operation survives, and the
+  new leader stays in safe mode (no copy, no deletion) until the chunkservers have reported.
+* F8b: three of six chunkservers down at once (a rack's power): the storm brake engages, no
+  mass rebuild starts, ``vstore status`` says why; reads give the right bytes or EIO, never
+  other bytes; the servers come back and the cluster is healthy with nothing rebuilt.
+* F2: a follower's data dir wiped: the node refuses to start with a clear message; the
+  operator removes it (``vstore rm-node``), adds it back empty (``vstore add-node --role mds``
+  under the same id), and it catches up to the same state hash.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import call_failed
+from tests.harness.fsprocs import FsCluster, read_files, write_files
+from tests.harness.procs import vstore
+from tests.harness.wait import wait_for
+from vstore.errors import VStoreError
+
+pytestmark = pytest.mark.timeout(300)
+
+MIB = 1 << 20
+SEED = int(os.environ.get("VSTORE_FAULT_SEED", "7"))
+
+
+async def _summary(cluster: FsCluster) -> dict[str, int]:
+    leader = await cluster.leader()
+    status = await cluster.status(leader)
+    assert status is not None
+    return dict(status.chunks)
+
+
+async def test_f17_all_nodes_killed_at_once_lose_nothing_acknowledged_and_restart_in_safe_mode(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    rng = random.Random(SEED)
+    print(f"seed {SEED}")
+    cluster = FsCluster(tmp_path, chunk_bytes=1 << 20, mds_extra={"cs_offline_after_s": 2, "cs_failed_after_s": 20,
+                                                                    "safe_mode_timeout_s": 60})
+    async with cluster.running_fs(dump_logs_if=lambda: call_failed(request.node)):
+        config = cluster.client_config("f17")
+        files = {f"/f17/{n}.img": rng.randbytes(MIB + rng.randrange(3 * MIB)) for n in range(4)}
+        await write_files(config, files)
+        link = await cluster.link()
+        await link.mkdir(1, b"made-before-the-outage")
+        for name in [*cluster.ids, *cluster.cs_names]:  # no grace, no order: a power failure
+            cluster.group.kill(name)
+        order = [*cluster.ids, *cluster.cs_names]
+        rng.shuffle(order)
+        print(f"restart order {order}")
+        for name in order:
+            if name in cluster.ids:
+                cluster.start(name)
+            else:
+                cluster.start_cs(name)
+        await cluster.cs_online(timeout_s=90)
+        summary = await _summary(cluster)
+        assert summary["copies_committed"] == 0 and summary["deletes_confirmed"] == 0, summary
+        assert await read_files(config, list(files)) == files
+        assert stat.S_ISDIR((await link.lookup(1, b"made-before-the-outage")).mode)
+        healthy = await wait_for(lambda: (r := vstore("status", "-c", str(config))).returncode == 0 and r,
+                                 timeout_s=90, interval_s=1, what="healthy after the restart")
+        assert "HEALTHY" in healthy.stdout
+        summary = await _summary(cluster)
+        assert summary["copies_committed"] == 0, "nothing was missing: nothing may have been copied"
+        await cluster.converged()
+
+
+async def test_f8b_three_of_six_chunkservers_down_at_once_engage_the_storm_brake(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    rng = random.Random(SEED + 1)
+    cluster = FsCluster(tmp_path, chunkservers=6, chunk_bytes=1 << 20,
+                        mds_extra={"cs_offline_after_s": 1, "cs_failed_after_s": 3, "write_lease_s": 2,
+                                   "capability_skew_s": 1})
+    async with cluster.running_fs(dump_logs_if=lambda: call_failed(request.node)):
+        config = cluster.client_config("f8b")
+        files = {f"/f8b/{n}.img": rng.randbytes(2 * MIB + n) for n in range(6)}
+        await write_files(config, files)
+        before = await _summary(cluster)
+        down = rng.sample(cluster.cs_names, 3)
+        for name in down:
+            cluster.group.kill(name)
+
+        async def braked() -> dict[str, int] | None:
+            summary = await _summary(cluster)
+            return summary if summary.get("storm_brake") else None
+        await wait_for(braked, timeout_s=30, interval_s=0.5, what="the storm brake engaged")
+        status = vstore("status", "-c", str(config))
+        assert status.returncode == 1 and "storm brake" in status.stdout, status.stdout
+        # reads: the right bytes, or EIO where every replica is down; never other bytes
+        for path, data in files.items():
+            try:
+                got = await read_files(config, [path], deadline_s=8.0)
+            except VStoreError:
+                continue
+            assert got[path] == data
+        summary = await _summary(cluster)
+        assert summary["copies_committed"] == before["copies_committed"], "no rebuild under the storm brake"
+        for name in down:
+            cluster.start_cs(name)
+        await cluster.cs_online(timeout_s=60)
+        await wait_for(lambda: vstore("status", "-c", str(config)).returncode == 0, timeout_s=90, interval_s=1,
+                       what="healthy once the servers are back")
+        assert (await _summary(cluster))["copies_committed"] == before["copies_committed"]
+        assert await read_files(config, list(files)) == files
+
+
+async def test_f2_a_wiped_follower_refuses_to_start_and_comes_back_through_rm_node_and_add_node(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    cluster = FsCluster(tmp_path, chunkservers=0)
+    async with cluster.serving(dump_logs_if=lambda: call_failed(request.node)):
+        link = await cluster.link()
+        for n in range(20):
+            await link.mkdir(1, f"d{n}".encode())
+        leader = await cluster.leader()
+        victim = next(i for i in cluster.ids if i != leader)
+        cluster.kill(victim)
+        shutil.rmtree(tmp_path / victim)
+        (tmp_path / victim).mkdir()
+        refused = vstore("serve", "-c", str(tmp_path / f"{victim}.toml"))
+        assert refused.returncode == 2 and "not an initialised MDS data dir" in refused.stderr, refused.stderr
+        await link.mkdir(1, b"written-while-it-was-gone")  # two of three still commit
+        config = tmp_path / f"{leader}.toml"
+        removed = vstore("rm-node", victim, "-c", str(config))
+        assert removed.returncode == 0, removed.stderr
+        (tmp_path / victim).rmdir()
+        added = vstore("add-node", "--role", "mds", "--join", cluster.address(leader), "--data", str(tmp_path / victim),
+                       "--listen", cluster.address(victim), "--node-id", victim, "--secret-file",
+                       str(cluster.secret_file))
+        assert added.returncode == 0, added.stderr
+        with open(tmp_path / victim / "mds.toml", "a") as config_file:  # the dashboard port is the test's to give
+            config_file.write("\n[mds]\nadmin_enabled = false\n")
+        cluster.group.python(victim, "vstore.cli.main", "serve", "-c", str(tmp_path / victim / "mds.toml"))
+        statuses = await cluster.converged(timeout_s=60)
+        assert len(statuses) == 3
+        reply = await cluster.status(victim)
+        assert reply is not None and victim in reply.members and reply.role == "follower"
+        assert stat.S_ISDIR((await link.lookup(1, b"written-while-it-was-gone")).mode)
