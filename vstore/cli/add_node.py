@@ -129,14 +129,22 @@ async def _cluster_status(join: Address, auth_for: Any) -> tuple[str, Any, Any]:
         status = await link._client(str(join)).call(w.MdsStatusRequest(), deadline_s=CONNECT_TIMEOUT_S)
         reply = status.message
         assert isinstance(reply, w.MdsStatusReply)
-        if reply.role != "leader" and reply.leader_address:
-            # the configuration as the leader has it: the MDS asked may still be catching up
-            # (a learner just added) and know fewer members
+        # the configuration as the leader has it: the MDS asked may still be catching up (a
+        # learner just added, not yet told who leads) and know fewer members
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT_S / 2
+        while reply.role != "leader" and loop.time() < deadline:
             with contextlib.suppress(VStoreError):
-                led = await link._client(reply.leader_address).call(w.MdsStatusRequest(),
-                                                                    deadline_s=CONNECT_TIMEOUT_S)
-                if isinstance(led.message, w.MdsStatusReply) and led.message.role == "leader":
-                    reply = led.message
+                if reply.leader_address:
+                    led = await link._client(reply.leader_address).call(w.MdsStatusRequest(),
+                                                                        deadline_s=CONNECT_TIMEOUT_S)
+                    if isinstance(led.message, w.MdsStatusReply) and led.message.role == "leader":
+                        reply = led.message
+                        break
+                await asyncio.sleep(0.3)
+                again = await link._client(str(join)).call(w.MdsStatusRequest(), deadline_s=CONNECT_TIMEOUT_S)
+                if isinstance(again.message, w.MdsStatusReply):
+                    reply = again.message
     except AuthFailed as exc:
         raise JoinFailed(f"the MDS at {join} refused us: {exc.message} (is this the cluster's secret?)") from None
     finally:
