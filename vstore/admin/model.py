@@ -48,6 +48,14 @@ def assess(mds: Mapping[str, Mapping[str, Any] | None], chunks: Mapping[str, int
     return ("degraded" if reasons else "healthy"), reasons
 
 
+def members(mds: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """The member addresses of the configuration the leader applied (else the most advanced
+    MDS's) among the status replies; empty when none names its members."""
+    answers = sorted((s for s in mds.values() if s is not None),
+                     key=lambda s: (s.get("role") == "leader", s.get("applied", 0)), reverse=True)
+    return list((answers[0].get("members") or {}).values()) if answers else []
+
+
 def banner(health: str, chunks: Mapping[str, int]) -> str:
     """The dashboard's level: ``assess``'s, made *urgent* when data is at risk."""
     if health == "degraded" and (chunks.get("lost") or chunks.get("backlog_last_copy") or chunks.get("storm_brake")):

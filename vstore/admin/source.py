@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from vstore.admin.model import assess, banner, chunk_health, cs_rates, rate
+from vstore.admin.model import members as member_addresses
 from vstore.errors import VStoreError
 from vstore.wire import admin as a
 from vstore.wire import mds as w
@@ -105,9 +106,7 @@ class ClusterSource:
         addresses = list(self.addresses)
         while addresses:  # the configured MDS, then every member their configuration names
             look.mds.update(zip(addresses, await asyncio.gather(*(self._status(x) for x in addresses))))
-            best = sorted((s for s in look.mds.values() if s), reverse=True,
-                          key=lambda s: (s.get("role") == "leader", s.get("applied", 0)))
-            members = list((best[0].get("members") or {}).values()) if best else []
+            members = member_addresses(look.mds)
             if members:
                 self.addresses = members
             addresses = [x for x in members if x not in look.mds]

@@ -28,12 +28,11 @@ import asyncio
 import contextlib
 import getpass
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Any
 
-from vstore.cli.tools import quiet_transport
+from vstore.cli.tools import quiet_transport, restore_dir
 from vstore.config import Address, load_config
 from vstore.errors import UsageError, UserError, VStoreError
 
@@ -254,12 +253,7 @@ def _add_node(args: argparse.Namespace) -> int:
         else:
             cluster_id, name, mds, added = asyncio.run(_join_mds(data, secret, listen, join, node_id))
     except BaseException:
-        # nothing left behind: the directory as it was (absent or empty)
-        if created:
-            shutil.rmtree(data, ignore_errors=True)
-        else:
-            for child in data.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        restore_dir(data, created)  # nothing left behind
         raise
     if not args.secret_file:
         fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import time
 import uuid
 from pathlib import Path
 
+from vstore.cli.tools import restore_dir
 from vstore.config import Address, load_config
 from vstore.errors import UsageError
 
@@ -113,11 +113,7 @@ secret_file = "{secret_file}"
         # leave nothing half made: the directory as it was (empty or absent), no secret
         if secret_file.exists() and secret_file.parent != data:
             secret_file.unlink()
-        if created:
-            shutil.rmtree(data, ignore_errors=True)
-        else:
-            for child in data.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        restore_dir(data, created)
         raise
     print(f"created cluster {args.cluster!r} (id {cluster_id}), chunk size {chunk} MiB\n"
           f"  first MDS:      {args.node_id} on {listen}, data {data}\n"

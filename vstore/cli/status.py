@@ -22,6 +22,7 @@ import json
 from typing import Any
 
 from vstore.admin.model import assess
+from vstore.admin.model import members as member_addresses
 from vstore.cli.tools import mds_link, quiet_transport
 from vstore.config import load_client_config
 
@@ -54,7 +55,7 @@ async def collect(config: Any) -> tuple[dict[str, dict[str, Any] | None], dict[s
             # the configuration the MDS applied names every member, also those the config
             # file does not list (added later): ask them too; members removed since the
             # config was written are not asked again
-            members = _members(mds)
+            members = member_addresses(mds)
             addresses = [a for a in members if a not in mds]
         if members:
             mds = {a: s for a, s in mds.items() if a in members}
@@ -62,13 +63,6 @@ async def collect(config: Any) -> tuple[dict[str, dict[str, Any] | None], dict[s
         await link.close_connections()
     leader = next((s for s in mds.values() if s is not None and s.get("role") == "leader"), None)
     return mds, dict(leader.get("chunks") or {}) if leader else {}
-
-
-def _members(mds: dict[str, dict[str, Any] | None]) -> list[str]:
-    """The member addresses of the leader's configuration (else of the most advanced MDS's)."""
-    answers = sorted((s for s in mds.values() if s is not None),
-                     key=lambda s: (s.get("role") == "leader", s.get("applied", 0)), reverse=True)
-    return list((answers[0].get("members") or {}).values()) if answers else []
 
 
 def _status(args: argparse.Namespace) -> int:

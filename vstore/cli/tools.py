@@ -20,3 +20,14 @@ def mds_link(config: Any, name: str, *, role: str = "admin", **kwargs: Any) -> A
     auth = client_auth(cluster_id=config.cluster.id, secret_file=config.cluster.secret_file, role=role,
                        frame_auth=config.net.frame_auth, node_id=client_node_id(name))
     return MdsLink([(a.host, a.port) for a in config.cluster.mds], auth, **kwargs)
+
+
+def restore_dir(data: Any, created: bool) -> None:
+    """Undo a command that failed half way: ``data`` as it was before, absent (``created``)
+    or empty (it had to be empty to be used)."""
+    import shutil
+    if created:
+        shutil.rmtree(data, ignore_errors=True)
+    else:
+        for child in data.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
