@@ -14,7 +14,8 @@ import pytest
 
 from tests.harness.mdsprocs import MdsInProcCluster
 from tests.harness.wait import wait_for
-from vstore.errors import Exists, InvalidArgument, IsDir, NoSpace, NotEmpty, NotFound, NotLeader, NotPermitted
+from vstore.errors import (Exists, InvalidArgument, IsDir, NoSpace, NotEmpty, NotFound, NotLeader, NotPermitted,
+                           StaleHandle)
 from vstore.metadata.fsm.schema import ROOT_INODE
 from vstore.wire import mds as w
 
@@ -160,6 +161,30 @@ async def test_a_retried_mutation_is_applied_once_and_answered_the_same(one: Mds
     again = await link.call(request)
     assert first == again
     assert [e.name for e in await link.readdir(ROOT_INODE)] == [b"once"]
+
+
+async def test_a_session_cut_off_past_its_expiry_learns_whether_its_last_mutations_were_applied(
+        one: MdsInProcCluster) -> None:
+    """A client cut off while a mutation was in flight (applied, reply lost) comes back after
+    the MDS expired its session: the retry gets the stored answer, not a refusal that the
+    kernel would retry into EEXIST (RELIABILITY F4); anything new is refused with ESTALE."""
+    link = await one.link()
+    cut_off = "5e551090cafe0001"   # a session nothing keeps alive: it expires 2 s after this call
+    created = w.MknodRequest(uid=0, gid=0, lane=f"{cut_off}/1", seq=1, parent=ROOT_INODE, name=b"late", kind=1,
+                             mode=0o644)
+    first = await link.call(created)
+
+    service = one.server("m1").service
+    await wait_for(lambda: service.sm.session_expired(bytes.fromhex(cut_off)), timeout_s=20,
+                   what="the silent session expired")
+    with pytest.raises(StaleHandle):
+        await link.call(w.SessionKeepaliveRequest(session=bytes.fromhex(cut_off)))
+    assert await link.call(created) == first, "the retry after the expiry is answered from the lane's record"
+    for lane, seq, name in ((f"{cut_off}/1", 2, b"next"), (f"{cut_off}/2", 1, b"other")):
+        with pytest.raises(StaleHandle):
+            await link.call(w.MknodRequest(uid=0, gid=0, lane=lane, seq=seq, parent=ROOT_INODE, name=name, kind=1,
+                                           mode=0o644))
+    assert [e.name for e in await link.readdir(ROOT_INODE)] == [b"late"]
 
 
 async def test_followers_redirect_to_the_leader_and_replicas_agree(three: MdsInProcCluster) -> None:

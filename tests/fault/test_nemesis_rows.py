@@ -294,12 +294,7 @@ def test_f3_a_leader_waking_from_a_pause_does_not_declare_the_chunkservers_faile
 
 # ---- F4 ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("direction", ["both", pytest.param("in", marks=pytest.mark.xfail(strict=False, reason=(
-    "open vstore bug, seen once in 6 runs (CI 2026-12-01): a rename by the minority-side client during an "
-    "inbound-only partition of the leader returned ENOENT for a source it had created, after 21 s of "
-    "retries; suspected: the first attempt was applied, its reply lost, and the retry re-executed "
-    "without its exactly-once lane (client-2's session expired meanwhile) instead of being refused "
-    "with ESTALE. Under investigation; the row's other checks pass")))])
+@pytest.mark.parametrize("direction", ["both", "in"])
 def test_f4_an_mds_leader_partitioned_from_the_majority_never_acknowledges_and_does_not_diverge(
         row: Row, direction: str) -> None:
     """F4: cut the MDS leader's host off from every other host but client-2's (nftables in its
@@ -312,7 +307,10 @@ def test_f4_an_mds_leader_partitioned_from_the_majority_never_acknowledges_and_d
     Client-2 was silent to the majority for longer than ``session_expire_s`` (6 s here), so
     the leader expired its session: after the heal its operations fail with ESTALE ("remount",
     vstore/metadata/service.py), never with a wrong answer, and the row remounts it. That is
-    the documented behaviour, so ESTALE is the one error allowed, on client-2 only."""
+    the documented behaviour, so ESTALE is the one error allowed, on client-2 only. An op
+    client-2 had in flight at the cut may still have been committed by the majority: its
+    retry after the heal must hear that it was (a create that "failed" with EEXIST, a rename
+    with ENOENT, broke the history here once, through the kernel's ESTALE retry)."""
     c = row.cluster
     work = row.start_workload()
     row.wait_progress("the workload under way", after=0, acked=20, meta=20)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.namespace import NS, ROOT
-from vstore.errors import (Exists, FileTooBig, InvalidArgument, IsDir, NotEmpty, NotFound, StaleVersion,
+from vstore.errors import (Exists, FileTooBig, InvalidArgument, IsDir, NotEmpty, NotFound, StaleHandle, StaleVersion,
                            VStoreError)
 from vstore.metadata.fsm.namespace import (AddReplica, AllocChunk, ChunkDeleted, DropReplica, ExpireSession, Link,
                                            Mknod, Open, Release, Rename, RepairChain, SetAttr, SetCsState, Symlink,
@@ -514,30 +514,42 @@ def _lanes(ns: NS) -> set[str]:
         return {bytes(k).decode() for k in txn.cursor(db=ns.sm.sessions_db).iternext(keys=True, values=False)}
 
 
-def test_expire_session_forgets_the_sessions_request_lanes_and_no_others(ns: NS) -> None:
-    dead, alive = bytes.fromhex("00aa11bb22cc33dd"), bytes.fromhex("00aa11bb22cc33de")
-    for seq, lane in enumerate((f"{dead.hex()}/0", f"{dead.hex()}/17", f"{alive.hex()}/0", "kv-client-1")):
+def test_expire_session_keeps_the_lanes_records_and_a_clean_close_forgets_them(ns: NS) -> None:
+    dead, closed, alive = (bytes.fromhex(h) for h in ("00aa11bb22cc33dd", "00aa11bb22cc33dc", "00aa11bb22cc33de"))
+    lanes = (f"{dead.hex()}/0", f"{dead.hex()}/17", f"{closed.hex()}/3", f"{alive.hex()}/0", "kv-client-1")
+    for seq, lane in enumerate(lanes):
         ns.do_on_lane(lane, seq + 1, Mknod, parent=ROOT, name=f"f{seq}".encode(), kind=Kind.FILE, mode=0o644,
                       inode=next(ns.ids))
     f = ns.sm.lookup(ROOT, b"f0")[0]
     ns.do_on_lane(f"{dead.hex()}/0", 9, Open, inode=f, session=dead)
-    assert ns.sm.session_ids() == {dead, alive}, "from the opens table and the lanes; other client ids skipped"
+    assert ns.sm.session_ids() == {dead, closed, alive}, "from the opens table and the lanes; other client ids skipped"
     assert ns.do(ExpireSession, session=dead) == 1
-    assert _lanes(ns) == {f"{alive.hex()}/0", "kv-client-1"}
-    assert ns.sm.session_ids() == {alive}
+    assert ns.do(ExpireSession, session=closed, forget_lanes=True) == 0
+    assert _lanes(ns) == set(lanes) - {f"{closed.hex()}/3"}, "a silent session's records stay for its late retries"
+    assert ns.sm.session_ids() == {alive}, "an expired session is not timed again by a new leader"
     assert ns.do(ExpireSession, session=b"\x07" * 8) == 0, "an unknown session: nothing to do"
 
 
-def test_a_retry_on_a_lane_is_answered_from_its_record_until_the_session_expires(ns: NS) -> None:
-    session = b"\x10" * 8
-    lane = f"{session.hex()}/1"
+def test_an_expired_session_gets_its_last_answers_on_retry_and_every_new_command_is_refused(ns: NS) -> None:
+    session, other = b"\x10" * 8, b"\x11" * 8
+    lane, lane2 = f"{session.hex()}/1", f"{session.hex()}/2"
     inode = next(ns.ids)
     first = ns.do_on_lane(lane, 1, Mknod, parent=ROOT, name=b"f", kind=Kind.FILE, mode=0o644, inode=inode)
     again = ns.do_on_lane(lane, 1, Mknod, parent=ROOT, name=b"f", kind=Kind.FILE, mode=0o644, inode=inode)
     assert list(again) == list(first), "the stored reply, not a second apply (which would be EEXIST)"
     ns.do(ExpireSession, session=session)
-    with pytest.raises(Exists):  # the record is gone: the service must refuse an expired session's requests
-        ns.do_on_lane(lane, 1, Mknod, parent=ROOT, name=b"f", kind=Kind.FILE, mode=0o644, inode=next(ns.ids))
+    late = ns.do_on_lane(lane, 1, Mknod, parent=ROOT, name=b"f", kind=Kind.FILE, mode=0o644, inode=next(ns.ids))
+    assert list(late) == list(first), "a retry after the expiry: still the truth (it was applied)"
+    for name, on in ((b"g", lane), (b"h", lane2)):
+        with pytest.raises(StaleHandle):  # new commands of the fenced session, on a used lane or a fresh one
+            ns.do_on_lane(on, 2, Mknod, parent=ROOT, name=name, kind=Kind.FILE, mode=0o644, inode=next(ns.ids))
+    assert ns.sm.lane_record(lane2) is None, "a refused command leaves no record"
+    assert [name for name, _ in ns.sm.readdir(ROOT)] == [b"f"]
+    ns.do_on_lane(f"{other.hex()}/1", 1, Mknod, parent=ROOT, name=b"g", kind=Kind.FILE, mode=0o644, inode=next(ns.ids))
+    ns.do(ExpireSession, session=other, forget_lanes=True)
+    with pytest.raises(StaleHandle):  # closed cleanly: no record kept, every command refused
+        ns.do_on_lane(f"{other.hex()}/1", 1, Mknod, parent=ROOT, name=b"g", kind=Kind.FILE, mode=0o644,
+                      inode=next(ns.ids))
 
 
 # ---- determinism ----------------------------------------------------------------------------------------------
@@ -618,5 +630,9 @@ def test_an_expired_session_leaves_a_tombstone_that_is_pruned_after_a_week(ns: N
     assert not ns.sm.session_expired(old)
     ns.do(ExpireSession, session=old)
     assert ns.sm.session_expired(old) and not ns.sm.session_expired(new)
+    ns.do_on_lane(f"{new.hex()}/0", 1, Mknod, parent=ROOT, name=b"n", kind=Kind.FILE, mode=0o644, inode=next(ns.ids))
     ns.do(ExpireSession, session=new, now_ns=next(ns.clock) + EXPIRED_KEEP_NS + 1)
     assert ns.sm.session_expired(new) and not ns.sm.session_expired(old)
+    assert _lanes(ns) == {f"{new.hex()}/0"}
+    ns.do(ExpireSession, session=old, now_ns=next(ns.clock) + 2 * EXPIRED_KEEP_NS + 2)
+    assert _lanes(ns) == set(), "the lane records go with their session's tombstone"

@@ -30,7 +30,11 @@ start, never one that started before it arrived, so each read is still lineariza
 Sessions. A client keeps its session alive with SessionKeepalive; the leader keeps the
 last time it heard each session in memory, and proposes ExpireSession for one it has not
 heard from within ``session_expire_s``: the session's open files are released (orphans
-collected) and its lanes forgotten. A new leader grants every session it knows of from the
+collected) and the session is fenced off by a tombstone. A mutation of a fenced session is
+answered from its lane's record if it is the retry of the lane's last command (it was
+applied: the truth, however late the retry), and refused with STALE_HANDLE otherwise (it
+was not applied and never will be: the state machine refuses it too, so one that raced the
+expiry into the log is refused there). A new leader grants every session it knows of from the
 state a full expiry period from the moment it took over (it cannot know when the old
 leader last heard them).
 
@@ -168,7 +172,8 @@ class MetadataService:
         #: session id -> (monotonic time last heard, host, mount point); leader only
         self.sessions: dict[bytes, tuple[float, str, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self.stats = {"mutations": 0, "reads": 0, "barriers": 0, "sessions_expired": 0}
+        self.stats = {"mutations": 0, "reads": 0, "barriers": 0, "sessions_expired": 0,
+                      "fenced_retries_answered": 0}
         self.cluster_name = ""  # the [cluster] name, shown in status replies (set by the server)
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -294,7 +299,8 @@ class MetadataService:
             raise NoSpace(f"the metadata store of {self.node.id} is {self.state_fill():.0%} full (limit "
                           f"{STATE_FULL_RATIO:.0%}); remove files or raise [mds] lmdb_map_bytes and restart",
                           details={"fill_permille": int(self.state_fill() * 1000)})
-        self._check_session(session_of_lane(req.lane))
+        if not self._check_session(session_of_lane(req.lane), refuse=False):
+            return await self._fenced_retry(req)
         op = build(self._now_ns())
         # no await between building (allocating) and proposing: log order = allocation order
         result = await self.node.propose(encode_proposal(req.lane, req.seq, ns.encode_command(op)))
@@ -303,13 +309,33 @@ class MetadataService:
 
     # ---- sessions ------------------------------------------------------------------------------------
 
-    def _check_session(self, session: bytes, host: str = "", mountpoint: str = "") -> None:
-        """Refuse an expired session (its lanes are forgotten: a retry would apply twice);
-        note a live one as heard from now."""
-        if session not in self.sessions and self.sm.session_expired(session):
-            raise StaleHandle(f"client session {session.hex()} was expired (silent for more than "
-                              f"{self.session_expire_s:g} s); remount", details={"session_expired": 1})
+    def _check_session(self, session: bytes, host: str = "", mountpoint: str = "", *, refuse: bool = True) -> bool:
+        """Note a live session as heard from now and return True. An expired one is never
+        revived: raise StaleHandle (``refuse``) or return False."""
+        if self.sm.session_expired(session):  # a request that raced the expiry may have noted it again
+            self.sessions.pop(session, None)
+            if refuse:
+                raise self._expired_error(session)
+            return False
         self._note_session(session, host, mountpoint)
+        return True
+
+    def _expired_error(self, session: bytes) -> StaleHandle:
+        return StaleHandle(f"client session {session.hex()} was expired (silent for more than "
+                           f"{self.session_expire_s:g} s, or closed); remount", details={"session_expired": 1})
+
+    async def _fenced_retry(self, req: w.MdsMutation) -> Any:
+        """A mutation of an expired session. If it is the retry of the lane's last command,
+        that command was applied (before the expiry: the state machine refuses every later
+        one), and its stored answer is the truth; anything else was never applied and never
+        will be. After a read barrier the local state holds every entry committed before this
+        request arrived, and the tombstone keeps the lane record from changing again."""
+        await self._barrier()
+        record = self.sm.lane_record(req.lane)
+        if record is not None and record[0] == req.seq:
+            self.stats["fenced_retries_answered"] += 1
+            return unwrap(record[1])
+        raise self._expired_error(session_of_lane(req.lane))
 
     def _note_session(self, session: bytes, host: str = "", mountpoint: str = "") -> None:
         old = self.sessions.get(session)
@@ -325,12 +351,12 @@ class MetadataService:
 
     async def _session_close(self, ctx: RequestContext, msg: w.SessionCloseRequest, payload: bytes) -> Message:
         await self.leader()
-        await self._expire(msg.session, reason="closed")
+        await self._expire(msg.session, reason="closed", forget_lanes=True)
         return w.DoneReply()
 
-    async def _expire(self, session: bytes, *, reason: str) -> None:
+    async def _expire(self, session: bytes, *, reason: str, forget_lanes: bool = False) -> None:
         self.sessions.pop(session, None)
-        op = ns.ExpireSession(uid=0, gid=0, now_ns=self._now_ns(), session=session)
+        op = ns.ExpireSession(uid=0, gid=0, now_ns=self._now_ns(), session=session, forget_lanes=forget_lanes)
         released = unwrap(await self.node.propose(encode_proposal("", 0, ns.encode_command(op))))
         self.stats["sessions_expired"] += 1
         log.info("mds.session_expired", extra={"session": session.hex(), "reason": reason, "released": released})

@@ -300,7 +300,7 @@ class SetPolicyRequest(MdsMutation):
 class SessionKeepaliveRequest(Message):
     """A client session is alive. Sent every few seconds; a session the leader has not
     heard from for ``SessionReply.expire_after_s`` is expired through Raft: its open files
-    are released and its lanes forgotten."""
+    are released and it is fenced off (only retries of its lanes' last commands are answered)."""
 
     TYPE = MsgType.SESSION_KEEPALIVE
     session: SessionId

@@ -36,6 +36,7 @@ from vstore.metadata.fsm.schema import (CHUNK_BYTES_DEFAULT, CHUNK_ID_MAX, EXPIR
                                         doomed_decoder, encoder, inode_decoder, inode_key, xattr_key)
 from vstore.metadata.placement import ChunkId, CsId, ReplicaPolicy
 from vstore.metadata.raft.statemachine import EffectTxn, LmdbStateMachine
+from vstore.wire.codes import ErrorCode
 
 LINKS_MAX = 65_000
 RENAME_NOREPLACE = 1
@@ -134,13 +135,19 @@ class Release(Op, tag="release"):
 
 
 class ExpireSession(Op, tag="expire_session"):
-    """A client died (its session expired): release everything it held open, and forget the
-    exactly-once records of its request lanes (``<session hex>/<n>`` in the ``sessions``
-    table), which would otherwise stay forever. The leader proposes it without a client id:
-    under one of the dead session's own lanes, the base class would write that lane's record
-    straight back."""
+    """A client went silent (its session expired) or closed: release everything it held
+    open and leave a tombstone, which fences the session off: every later command on one of
+    its lanes is refused with STALE_HANDLE (``refuse_client``), except a retry of the lane's
+    last command, which still gets its stored answer. So a client cut off while a mutation
+    was in flight learns truthfully whether it was applied, however late its retry comes
+    (a refusal it could not tell from "not applied" would turn, through the kernel's own
+    ESTALE retry, into EEXIST for a create that did happen). The lane records go with the
+    tombstone a week later; ``forget_lanes`` (a clean close: nothing is in flight) drops them
+    at once. The leader proposes it without a client id: under one of the session's own
+    lanes, the base class would write that lane's record straight back."""
 
     session: bytes
+    forget_lanes: bool = False
 
 
 class SetPolicy(Op, tag="set_policy"):
@@ -281,6 +288,19 @@ class NamespaceStateMachine(LmdbStateMachine):
     TABLES = TABLES
 
     # ---- applying ----------------------------------------------------------------------------
+
+    def refuse_client(self, txn: EffectTxn, client_id: str) -> Any:
+        """Commands on a lane of an expired session are refused (see ExpireSession)."""
+        head, slash, _ = client_id.partition("/")
+        if not slash:
+            return None
+        try:
+            session = bytes.fromhex(head)
+        except ValueError:
+            return None
+        if txn.get(session, db=self.tables[b"expired"]) is None:
+            return None
+        return ("err", int(ErrorCode.STALE_HANDLE), f"client session {head} was expired; remount")
 
     def apply_command(self, txn: EffectTxn, body: bytes, index: int, term: int) -> Any:
         op = command_decoder.decode(body)
@@ -439,7 +459,8 @@ class NamespaceStateMachine(LmdbStateMachine):
                     found.add(bytes.fromhex(head.decode("ascii")))
                 except ValueError:
                     continue
-        return found
+            expired = self.tables[b"expired"]
+            return {session for session in found if txn.get(session, db=expired) is None}
 
 
 # ---- helpers shared by reads and applies ---------------------------------------------------------
@@ -717,31 +738,36 @@ class _Apply(ChunkCommands):
             self.txn.delete(key, db=self.t[b"opens"])
         for key in held:
             self.collect_orphan(U64.unpack(key[:8])[0])
-        # The session's lanes: one range of the sessions table (keys sort by the hex prefix).
-        # Once they are gone a late retry on such a lane would apply again, so the service
-        # refuses requests of a session it expired, before proposing anything.
-        prefix = op.session.hex().encode() + b"/"
+        if op.session:
+            if op.forget_lanes:
+                self.forget_lanes(op.session)
+            self.txn.put(op.session, U64.pack(max(0, op.now_ns)), db=self.t[b"expired"])
+            self.prune_tombstones(op.now_ns - EXPIRED_KEEP_NS)
+        return len(held)
+
+    def forget_lanes(self, session: bytes) -> None:
+        """Drop the exactly-once records of a session's lanes: one range of the sessions
+        table (keys sort by the hex prefix)."""
+        prefix = session.hex().encode() + b"/"
         cursor = self.txn.cursor(db=self.sm.sessions_db)
         lanes = []
-        if op.session and cursor.set_range(prefix):
+        if cursor.set_range(prefix):
             for key in cursor.iternext(keys=True, values=False):
                 if not key.startswith(prefix):
                     break
                 lanes.append(bytes(key))
         for key in lanes:
             self.txn.delete(key, db=self.sm.sessions_db)
-        if op.session:
-            self.txn.put(op.session, U64.pack(max(0, op.now_ns)), db=self.t[b"expired"])
-            self.prune_tombstones(op.now_ns - EXPIRED_KEEP_NS)
-        return len(held)
 
     def prune_tombstones(self, before_ns: int) -> None:
-        """Forget expired-session tombstones older than ``before_ns`` (a full scan of a table
-        that holds one small record per session expired in the last week)."""
+        """Forget expired-session tombstones older than ``before_ns``, with their sessions'
+        lane records (a full scan of a table that holds one small record per session expired
+        in the last week)."""
         old = [bytes(key) for key, value in self.txn.cursor(db=self.t[b"expired"]).iternext()
                if U64.unpack(value)[0] < before_ns]
         for key in old:
             self.txn.delete(key, db=self.t[b"expired"])
+            self.forget_lanes(key)
 
     def _unlink(self, op: Unlink) -> Any:
         return self._remove(op.parent, op.name, want_dir=False)

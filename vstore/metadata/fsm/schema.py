@@ -28,10 +28,11 @@ file's chunks sit together, sorted by index.
 A missing counter means "nothing handed out yet": the first inode is 2 (1 is the root), the
 first chunk id and the first cs id are 1 (0 is never an id). The ``sessions`` table of the
 base class holds one record per Raft client lane; a lane is named ``<session hex>/<n>``
-(vstore/wire/mds.py), which is how ExpireSession finds a dead session's lanes. ``expired``
-remembers expired sessions (tombstones) so that the service refuses their requests on any
-leader, because a late retry on a forgotten lane would otherwise apply a second time; each
-ExpireSession prunes tombstones older than ``EXPIRED_KEEP_NS`` (7 days).
+(vstore/wire/mds.py), which is how a session's lanes are found. ``expired`` remembers
+expired sessions (tombstones): on any leader, and in the apply itself, every new command of
+such a session is refused, while a retry of a lane's last command still gets its stored
+reply (the lane records stay with the tombstone). Each ExpireSession prunes tombstones older
+than ``EXPIRED_KEEP_NS`` (7 days) together with their sessions' lane records.
 
 Invariants (checked by ``NS.check`` in tests/harness/namespace.py after every scenario):
 * every dentry points to an existing inode, and an inode's ``nlink`` equals the number of

@@ -255,11 +255,30 @@ class LmdbStateMachine:
                     return msgspec.msgpack.decode(last_reply)  # a retry: the stored answer, not a second apply
                 if proposal.seq < last_seq:
                     return StaleProposal(f"client {proposal.client_id} seq {proposal.seq} < {last_seq}")
+            refusal = self.refuse_client(txn, proposal.client_id)
+            if refusal is not None:
+                return refusal  # not applied and not recorded: the lane keeps its last answer
         result = self.apply_command(txn, proposal.body, entry.index, entry.term)
         if proposal.client_id:
             txn.put(proposal.client_id.encode(), _encoder.encode((proposal.seq, _encoder.encode(result))),
                     db=self._sessions)
         return result
+
+    def refuse_client(self, txn: EffectTxn, client_id: str) -> Any:
+        """A reply that refuses every new command of this client (one whose lane was fenced
+        off, e.g. an expired session), or None to apply it. Asked after the retry check, so a
+        retry of the lane's last command still gets its stored answer. Deterministic: it may
+        read only the state in ``txn``."""
+        return None
+
+    def lane_record(self, client_id: str) -> tuple[int, Any] | None:
+        """The lane's last sequence number and its stored reply, if it has one."""
+        with self.env.begin() as txn:
+            raw = txn.get(client_id.encode(), db=self._sessions)
+        if raw is None:
+            return None
+        seq, reply = _session_decoder.decode(raw)
+        return seq, msgspec.msgpack.decode(reply)
 
     def apply_command(self, txn: EffectTxn, body: bytes, index: int, term: int) -> Any:
         """Apply one command inside ``txn`` (write only through it); return its (msgpack-able)
