@@ -366,3 +366,51 @@ async def test_a_frame_auth_mismatch_is_refused_with_the_fix(harness, expect_log
     client = harness.client(frame_auth=FrameAuth.NONE)
     with pytest.raises(AuthFailed, match="frame_auth alike"):
         await client.call(PingRequest())
+
+
+# ---- the liveness probe -------------------------------------------------------------------------------------
+
+
+def _slow_getattr_router() -> Router:
+    """No Ping route (the server's built-in answers it); GetattrRequest takes 1.5 s."""
+    from vstore.wire import mds as w
+    router = Router()
+
+    async def slow(ctx: RequestContext, msg: Message, payload: bytes) -> Reply:
+        await asyncio.sleep(1.5)
+        return Reply(PingReply(node_id="mds-1", role="mds"), b"slow but alive")
+
+    router.add(w.GetattrRequest, slow)
+    return router
+
+
+async def test_the_liveness_probe_keeps_a_slow_peer_and_leaves_a_silent_one_before_the_deadline() -> None:
+    """RpcClient(probe_after_s=...): a handler slower than ``dead_after_s`` is fine (the
+    server answers the probe's Ping from its loop); a peer that answers nothing at all (a
+    stopped process, a cut-off host: here its connections drop every frame) is declared dead
+    and the call fails with ConnectionLost, which callers retry elsewhere, well before the
+    call's own deadline (DeadlineExceeded would mean the probe did nothing)."""
+    from vstore.wire import mds as w
+    server = RpcServer(_slow_getattr_router(), Auth(SECRET, SERVER_ID), allowed_roles=frozenset({"client"}),
+                       limits=LIMITS)
+    host, port = await server.start("127.0.0.1", 0)
+    client = RpcClient((host, port), Auth(SECRET, Identity(CLUSTER, "c", "client")), expected_role="mds",
+                       limits=LIMITS, probe_after_s=0.2, dead_after_s=0.8)
+    try:
+        assert (await client.call(PingRequest(), b"echo", deadline_s=5)).payload == b"echo", "the built-in Ping"
+        reply = await client.call(w.GetattrRequest(uid=0, gid=0, inode=1), deadline_s=10)
+        assert reply.payload == b"slow but alive"
+        assert client.stats["probes"] >= 1 and client.stats["declared_dead"] == 0
+        for conn in list(server._connections):   # the peer goes silent: frames in, nothing out
+            conn.on_frame = lambda frame: None
+        with pytest.raises(ConnectionLost) as info:
+            await client.call(w.GetattrRequest(uid=0, gid=0, inode=1), deadline_s=30)
+        assert "probe went unanswered" in info.value.message and client.stats["declared_dead"] == 1
+        reply = await client.call(w.GetattrRequest(uid=0, gid=0, inode=1), deadline_s=10)
+        assert reply.payload == b"slow but alive", "a new connection to the same server works"
+    finally:
+        await client.close()
+        await server.close()
+    with pytest.raises(ValueError):
+        RpcClient((host, port), Auth(SECRET, Identity(CLUSTER, "c", "client")), expected_role="mds",
+                  probe_after_s=3.0, dead_after_s=3.0)

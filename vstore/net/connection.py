@@ -98,6 +98,8 @@ class Connection(asyncio.BufferedProtocol):
         self._frame_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_activity = self._loop.time()
+        #: when bytes last arrived from the peer (RpcClient's liveness probe reads it)
+        self.last_received = self._last_activity
         self._reading_paused = False
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
@@ -126,7 +128,7 @@ class Connection(asyncio.BufferedProtocol):
         self._received(lambda: self._decoder.feed(data))
 
     def _received(self, take: Callable[[], None]) -> None:
-        self._last_activity = self._loop.time()
+        self._last_activity = self.last_received = self._loop.time()
         completed_before = self._decoder.frames_decoded
         try:
             take()

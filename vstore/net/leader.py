@@ -5,7 +5,9 @@ leader in its NotLeader reply) and keeps calling until a request succeeds, fails
 or the overall deadline passes (then ``DeadlineExceeded``). Retryable failures
 (vstore/wire/codes.py RETRYABLE_CODES: not the leader, unavailable, connection lost, busy,
 one attempt's deadline) are retried with jittered exponential backoff, logged louder as the
-wait grows; everything else is the answer and is raised as it is (s3ql's ``@retry``).
+wait grows; everything else is the answer and is raised as it is (s3ql's ``@retry``). A
+leader that stops answering altogether (SIGSTOP, a partition, a dead host: TCP notices none
+of them soon) is detected by the connections' liveness probe and left within DEAD_AFTER_S.
 
 Used by clients (vstore/client/mds_link.py adds sessions and exactly-once lanes) and by
 chunkservers (vstore/chunkserver/mds_link.py), which must not import each other.
@@ -26,6 +28,12 @@ from vstore.wire import Message
 log = logging.getLogger(__name__)
 
 RETRYABLE = (NotLeader, Unavailable, ConnectionLost, Busy, DeadlineExceeded)
+#: An MDS that has calls in flight and sends nothing for PROBE_AFTER_S is pinged; one silent
+#: for DEAD_AFTER_S is left (RpcClient's liveness probe): a stopped or cut-off leader costs
+#: the callers 3 s, not their attempt deadline (10 s for clients). The election itself takes
+#: about as long, so the callers come back about when the new leader can serve.
+PROBE_AFTER_S = 1.0
+DEAD_AFTER_S = 3.0
 #: Retrying longer than this is worth a WARNING (someone should look): a leader election
 #: with the default timing takes 1-3 s.
 WARN_AFTER_S = 10.0
@@ -70,7 +78,8 @@ class LeaderCaller:
         client = self._clients.get(address)
         if client is None:
             client = RpcClient(parse_address(address), self.auth, expected_role="mds", limits=self.limits,
-                               default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5)
+                               default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5,
+                               probe_after_s=PROBE_AFTER_S, dead_after_s=DEAD_AFTER_S)
             self._clients[address] = client
         return client
 

@@ -10,6 +10,14 @@
   Every call has a deadline. A broken connection fails the calls in flight with
   ``ConnectionLost`` (retryable: their outcome is unknown; exactly-once is the job of the
   metadata service's client sessions, not of the transport).
+* Liveness probe (``probe_after_s``, off by default): while calls are in flight and nothing
+  has arrived for ``probe_after_s``, the client sends a Ping (which every ``RpcServer``
+  answers from its event loop, before any handler); when nothing at all has arrived for
+  ``dead_after_s``, the peer is taken for dead (stopped, cut off, its host gone) and the
+  connection is aborted, so the calls in flight fail with ConnectionLost in seconds instead
+  of waiting out their deadlines. A slow handler does not trip it (the Ping is answered);
+  a peer whose event loop is stopped or unreachable does. Used for the metadata servers,
+  where a partitioned or stopped leader must be left quickly (vstore/net/leader.py).
 
 Errors travel as ErrorReply frames and come back out of ``call()`` as the same typed
 exception (vstore.errors.from_wire). A handler that crashes is a bug: it is logged with its
@@ -28,7 +36,7 @@ from dataclasses import dataclass, field
 from vstore.errors import (ConnectionLost, DeadlineExceeded, NotPermitted, RemoteProtocolError, Unavailable,
                            UnknownMessage, VStoreError, from_wire, to_wire)
 from vstore.net.connection import Auth, Connection, Limits
-from vstore.wire import ErrorCode, ErrorReply, Frame, Identity, Message
+from vstore.wire import ErrorCode, ErrorReply, Frame, Identity, Message, PingReply, PingRequest
 from vstore.wire.frames import FLAG_ONEWAY, FLAG_REPLY, MAX_REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -244,6 +252,9 @@ class RpcServer:
     async def _call_handler(self, conn: _ServerConnection, peer: Identity, frame: Frame) -> Reply | None:
         route = self.router.route(frame.msg_type)
         name = type(frame.message).__name__
+        if route is None and isinstance(frame.message, PingRequest):  # the liveness probe, on every server
+            identity = self.auth.identity
+            return Reply(PingReply(node_id=identity.node_id, role=identity.role), frame.payload)
         if route is None:
             raise UnknownMessage(f"{name} is not served by this {self.auth.identity.role}")
         if route.roles is not None and peer.role not in route.roles:
@@ -264,7 +275,8 @@ class RpcClient:
     def __init__(self, address: tuple[str, int], auth: Auth, *, expected_role: str | None,
                  limits: Limits = Limits(), ssl_context: ssl.SSLContext | None = None,
                  default_deadline_s: float = 30.0, reconnect_backoff_s_max: float = 2.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, probe_after_s: float | None = None,
+                 dead_after_s: float = 3.0) -> None:
         self.address = address
         self.auth = auth
         self.expected_role = expected_role
@@ -283,6 +295,13 @@ class RpcClient:
         self._closed = False
         self.peer: Identity | None = None
         self.name = format_address(*address)
+        if probe_after_s is not None and not 0 < probe_after_s < dead_after_s:
+            raise ValueError("probe_after_s must be > 0 and below dead_after_s")
+        self.probe_after_s = probe_after_s
+        self.dead_after_s = dead_after_s
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._probe: asyncio.Future[Reply] | None = None
+        self.stats = {"probes": 0, "declared_dead": 0}
 
     async def __aenter__(self) -> RpcClient:
         return self
@@ -306,6 +325,8 @@ class RpcClient:
                 conn = await self._connection()
                 future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
                 self._pending[request_id] = (conn, future)
+                if self.probe_after_s is not None and self._watchdog is None:
+                    self._watch_from(conn)
                 conn.send(msg, request_id, payload=payload, payload_digest=payload_digest)
                 if len(payload) > 65536:
                     await conn.drain()
@@ -329,6 +350,9 @@ class RpcClient:
 
     async def close(self) -> None:
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._conn is not None:
@@ -336,6 +360,34 @@ class RpcClient:
         self._fail_pending(ConnectionLost(f"client to {self.name} closed"))
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _watch_from(self, conn: Connection) -> None:
+        """Start watching ``conn`` for silence (calls just began to be in flight on it)."""
+        loop = asyncio.get_running_loop()
+        assert self.probe_after_s is not None
+        self._watchdog = loop.call_later(self.probe_after_s / 2, self._watch, conn, loop.time())
+
+    def _watch(self, conn: Connection, since: float) -> None:
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        if self._conn is not conn:  # reconnected meanwhile: watch the new connection afresh
+            if self._conn is None:
+                return
+            conn, since = self._conn, loop.time()
+        if not conn.is_open or not any(c is conn for c, _ in self._pending.values()):
+            return  # nothing in flight there any more: the next call starts a new watch
+        assert self.probe_after_s is not None
+        quiet_s = loop.time() - max(conn.last_received, since)
+        if quiet_s >= self.dead_after_s:
+            self.stats["declared_dead"] += 1
+            conn.abort(f"nothing received for {quiet_s:.1f} s with calls in flight (a probe went unanswered)",
+                       level=logging.INFO)
+            return
+        if quiet_s >= self.probe_after_s and (self._probe is None or self._probe.done()):
+            self.stats["probes"] += 1
+            self._probe = asyncio.ensure_future(self.call(PingRequest(), deadline_s=self.dead_after_s))
+            self._probe.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._watchdog = loop.call_later(self.probe_after_s / 2, self._watch, conn, since)
 
     def _take_request_id(self) -> int:
         request_id = self._next_request_id
