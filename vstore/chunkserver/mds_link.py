@@ -30,7 +30,7 @@ import xxhash
 from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import FULL_RATIO, NEARFULL_RATIO, ChunkStore
 from vstore.errors import ChecksumMismatch, Exists, NotPermitted, VStoreError
-from vstore.net import Auth, RpcClient, parse_address
+from vstore.net import Auth, RpcClient, RpcClients, parse_address
 from vstore.net.leader import LeaderCaller
 from vstore.net.dgram import DatagramChannel
 from vstore.wire import Heartbeat
@@ -78,7 +78,7 @@ class CsMdsLink:
         self._link = LeaderCaller(self.mds, auth, deadline_s=30.0, attempt_deadline_s=max(5.0, poll_wait_ms / 500))
         self._channel: DatagramChannel | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._peers: dict[str, RpcClient] = {}
+        self._peers = RpcClients(auth, expected_role="cs", default_deadline_s=30.0)
         self._fill_level = 0
         self.stats = {"orders": 0, "orders_failed": 0, "copies": 0, "copied_bytes": 0, "deletes": 0, "reports": 0}
 
@@ -96,9 +96,7 @@ class CsMdsLink:
             self._channel.close()
             self._channel = None
         await self._link.close_connections()
-        for client in self._peers.values():
-            await client.close()
-        self._peers.clear()
+        await self._peers.close()
 
     async def _disk(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.data._disk(fn, *args, **kwargs)
@@ -229,11 +227,7 @@ class CsMdsLink:
         return 0, ""
 
     def _peer(self, address: str) -> RpcClient:
-        client = self._peers.get(address)
-        if client is None:
-            client = RpcClient(parse_address(address), self.auth, expected_role="cs", default_deadline_s=30.0)
-            self._peers[address] = client
-        return client
+        return self._peers.get(address)
 
     async def _copy(self, order: w.Order) -> None:
         """Fetch the chunk from the source into a new INCOMPLETE replica, verified in transit

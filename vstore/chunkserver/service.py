@@ -33,7 +33,7 @@ import xxhash
 
 from vstore.chunkserver.store import ChunkStore
 from vstore.errors import Exists, VStoreError
-from vstore.net import Auth, Reply, Router, RpcClient, parse_address
+from vstore.net import Auth, Reply, Router, RpcClient, RpcClients
 from vstore.net.rpc import RequestContext
 from vstore.wire import ErrorCode
 from vstore.wire import cs as w
@@ -66,7 +66,7 @@ class ChunkDataService:
         self.capability_skew_s = capability_skew_s
         self.forward_deadline_s = forward_deadline_s
         self.executor = ThreadPoolExecutor(max_workers=disk_threads, thread_name_prefix=f"cs-disk-{cs_id}")
-        self._peers: dict[str, RpcClient] = {}
+        self._peers = RpcClients(auth, expected_role="cs", default_deadline_s=self.forward_deadline_s)
         #: called (not awaited) when a read finds a replica here damaged: the MDS is told
         self.on_damage: Callable[[int, int, str], Awaitable[None]] | None = None
         self._reports: set[asyncio.Task[None]] = set()
@@ -82,9 +82,7 @@ class ChunkDataService:
 
     async def close(self) -> None:
         await asyncio.gather(*self._reports, return_exceptions=True)
-        for client in self._peers.values():
-            await client.close()
-        self._peers.clear()
+        await self._peers.close()
         self.executor.shutdown(wait=True)
 
     # ---- helpers ------------------------------------------------------------------------------------
@@ -102,12 +100,7 @@ class ChunkDataService:
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
 
     def _peer(self, address: str) -> RpcClient:
-        client = self._peers.get(address)
-        if client is None:
-            client = RpcClient(parse_address(address), self.auth, expected_role="cs",
-                               default_deadline_s=self.forward_deadline_s, reconnect_backoff_s_max=0.5)
-            self._peers[address] = client
-        return client
+        return self._peers.get(address)
 
     async def _forward(self, request: Any, payload: bytes | bytearray | memoryview, chain: tuple[w.ChainHop, ...],
                        payload_digest: bytes | None = None) -> Any:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import xxhash
 
 from vstore.errors import ChecksumMismatch, ChunkLost, DataError, InternalError, VStoreError
-from vstore.net import Auth, Limits, RpcClient, parse_address
+from vstore.net import Auth, Limits, RpcClient, RpcClients
 from vstore.wire import ErrorCode
 from vstore.wire import cs as wcs
 from vstore.wire import mds as w
@@ -49,22 +49,15 @@ class ChunkIo:
         self.limits = limits
         self.host = host
         self.attempt_deadline_s = attempt_deadline_s
-        self._clients: dict[str, RpcClient] = {}
+        self._clients = RpcClients(auth, expected_role="cs", limits=limits, default_deadline_s=attempt_deadline_s)
         self.stats = {"writes": 0, "reads": 0, "fsyncs": 0, "read_fallbacks": 0, "bytes_written": 0,
                       "bytes_read": 0}
 
     def _client(self, address: str) -> RpcClient:
-        client = self._clients.get(address)
-        if client is None:
-            client = RpcClient(parse_address(address), self.auth, expected_role="cs", limits=self.limits,
-                               default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5)
-            self._clients[address] = client
-        return client
+        return self._clients.get(address)
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._clients.close()
 
     # ---- writes -----------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ client), ``dgram`` (heartbeat channel), ``tls`` (ssl contexts).
 """
 
 from vstore.net.connection import Auth, Connection, Limits, limits_of, read_secret_file
-from vstore.net.rpc import Reply, RequestContext, Router, RpcClient, RpcServer, format_address, parse_address
+from vstore.net.rpc import (Reply, RequestContext, Router, RpcClient, RpcClients, RpcServer, format_address,
+                            parse_address)
 
-__all__ = ["limits_of", "read_secret_file", "Auth", "Connection", "Limits", "Reply", "RequestContext", "Router", "RpcClient", "RpcServer",
+__all__ = ["limits_of", "read_secret_file", "Auth", "Connection", "Limits", "Reply", "RequestContext", "Router", "RpcClient", "RpcClients", "RpcServer",
            "format_address", "parse_address"]

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from vstore.errors import Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable
 from vstore.net.connection import Auth, Limits
-from vstore.net.rpc import Reply, RpcClient, parse_address
+from vstore.net.rpc import Reply, RpcClient, RpcClients
 from vstore.wire import Message
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,14 @@ class LeaderCaller:
         self.backoff_s_max = backoff_s_max
         self._rng = rng or random.Random()
         self._seeds = [f"{h}:{p}" for h, p in addresses]
-        self._clients: dict[str, RpcClient] = {}
+        self._clients = RpcClients(auth, expected_role="mds", limits=limits, default_deadline_s=attempt_deadline_s,
+                                   probe_after_s=PROBE_AFTER_S, dead_after_s=DEAD_AFTER_S)
         self._leader: str | None = None
         self._turn = 0
         self.stats = {"calls": 0, "retries": 0, "redirects": 0}
 
     async def close_connections(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._clients.close()
 
     def learn(self, addresses: Iterable[str]) -> None:
         """The MDS group's current addresses (from a leader's reply): they become the seeds
@@ -75,13 +74,7 @@ class LeaderCaller:
         return self._leader
 
     def _client(self, address: str) -> RpcClient:
-        client = self._clients.get(address)
-        if client is None:
-            client = RpcClient(parse_address(address), self.auth, expected_role="mds", limits=self.limits,
-                               default_deadline_s=self.attempt_deadline_s, reconnect_backoff_s_max=0.5,
-                               probe_after_s=PROBE_AFTER_S, dead_after_s=DEAD_AFTER_S)
-            self._clients[address] = client
-        return client
+        return self._clients.get(address)
 
     def _target(self) -> str:
         if self._leader is not None:

@@ -468,5 +468,37 @@ class RpcClient:
                     future.set_exception(exc)
 
 
-__all__ = ["Auth", "Handler", "Limits", "Reply", "RequestContext", "Router", "RpcClient", "RpcServer",
+class RpcClients:
+    """One ``RpcClient`` per peer address ("host:port"), made on first use with the same
+    settings, all closed together: the connection cache every component that talks to many
+    peers keeps. Peer links are probed for liveness by default (see ``RpcClient``): a peer
+    that stops answering (SIGSTOP, a partition) is left in ``dead_after_s``, not at the end
+    of each call's deadline."""
+
+    def __init__(self, auth: Auth, *, expected_role: str | None, limits: Limits = Limits(),
+                 default_deadline_s: float = 30.0, reconnect_backoff_s_max: float = 0.5,
+                 probe_after_s: float | None = 1.0, dead_after_s: float = 3.0) -> None:
+        self.auth = auth
+        self._settings = dict(expected_role=expected_role, limits=limits, default_deadline_s=default_deadline_s,
+                              reconnect_backoff_s_max=reconnect_backoff_s_max, probe_after_s=probe_after_s,
+                              dead_after_s=dead_after_s)
+        self._clients: dict[str, RpcClient] = {}
+
+    def get(self, address: str) -> RpcClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = RpcClient(parse_address(address), self.auth, **self._settings)  # type: ignore[arg-type]
+            self._clients[address] = client
+        return client
+
+    def __contains__(self, address: str) -> bool:
+        return address in self._clients
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+
+__all__ = ["Auth", "Handler", "Limits", "Reply", "RequestContext", "Router", "RpcClient", "RpcClients", "RpcServer",
            "RemoteProtocolError", "format_address"]
