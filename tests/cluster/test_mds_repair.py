@@ -138,20 +138,23 @@ async def test_a_failed_chunkserver_is_rebuilt_elsewhere_and_its_stale_copies_de
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 6)
     victim = rig.cs["cs-1"]  # the writer's host: first replica of every chunk
-    held = set(victim.chunks)
-    assert held
+    held = {cid: version for cid, (version, _) in (await rig.chunks()).items()}
+    assert held and set(held) == set(victim.chunks)
     await victim.stop()
 
     async def rebuilt() -> bool:
         chunks = await rig.chunks()
+        # every listed replica really holds the chunk at the listed version (the survivors
+        # follow the bump that took the failed holder out)
         return all(len(r) == 3 and victim.cs_id not in r and len(set(hosts_of(rig, r))) == 3
-                   for _, r in chunks.values())
+                   and all(rig.by_id()[c].chunks.get(cid, (0,))[0] == version for c in r)
+                   for cid, (version, r) in chunks.items())
     await wait_for(rebuilt, timeout_s=30, what="every chunk back at 3 replicas without the failed chunkserver")
-    for cid, (version, replicas) in (await rig.chunks()).items():
-        for cs_id in replicas:
-            assert rig.by_id()[cs_id].chunks[cid][0] == version, "a listed replica really holds the chunk"
+    for cid, (version, _) in (await rig.chunks()).items():
+        assert version > held[cid], ("the failed holder left the chain with a version bump: its copy must not "
+                                     "pass for current once later writes change the others")
     await victim.start()  # comes back with its old copies: they are no longer listed, so deleted
-    await wait_for(lambda: not (set(victim.chunks) & held), timeout_s=30, what="stale copies deleted")
+    await wait_for(lambda: not (set(victim.chunks) & set(held)), timeout_s=30, what="stale copies deleted")
 
 
 async def test_deleting_a_file_deletes_its_replicas_through_the_doomed_queue(rig: Rig) -> None:

@@ -419,6 +419,15 @@ class NetnsCluster:
             raise AssertionError(f"replicas of {path}: {done.stderr.strip()}")
         return dict(json.loads(done.stdout))
 
+    def force_read(self, cs: str, path: str) -> dict[str, list[dict[str, Any]]]:
+        """Every chunk under ``path`` read straight from chunkserver ``cs`` at its current
+        version, whether the MDS lists ``cs`` as a replica or not (tests/harness/replicas.py)."""
+        done = self.observe([sys.executable, "-m", "tests.harness.replicas", "-c", str(self.client_config),
+                             "--force-read", f"{self.address(cs)}:{PORT_CS}", path], timeout_s=120)
+        if done.returncode != 0:
+            raise AssertionError(f"forced reads of {path} from {cs}: {done.stderr.strip()}")
+        return dict(json.loads(done.stdout))
+
     def list_via(self, mds: str, path: str) -> tuple[dict[str, str], float, float]:
         """The entries of directory ``path`` as a fresh client that knows only MDS ``mds``
         reads them (it follows redirects, as any client does), with the monotonic times the

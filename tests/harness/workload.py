@@ -253,6 +253,16 @@ class Workload:
             writes = [w for w in self.writes if w.invoke < t and w.acked_at is not None and w.acked_at > t]
         return len(writes) + sum(1 for op in ops if op.invoke < t and op.complete is not None and op.complete > t)
 
+    def stall_s(self, t: float, *, client: str | None = None) -> float:
+        """How long the application was held by a fault at ``t``: the longest an op in flight
+        at ``t`` (on ``client``, or anywhere) went on waiting after it (0.0: none was held).
+        The "time until the client's I/O resumes" of issue 9's measurements."""
+        with self._lock:
+            ops = [(op.invoke, op.complete, str(op.client).split("/")[0]) for op in self.history.history()]
+            ops += [(w.invoke, w.acked_at, w.client) for w in self.writes]
+        return max((done - t for invoke, done, who in ops
+                    if done is not None and invoke < t < done and (client is None or who == client)), default=0.0)
+
     # ---- the threads --------------------------------------------------------------------------
 
     def _alive(self, client: str) -> bool:
@@ -568,6 +578,9 @@ class RemoteWorkload:
 
     def spanning(self, t: float) -> int:
         return int(self._call("spanning", t))
+
+    def stall_s(self, t: float, **kwargs: object) -> float:
+        return float(self._call("stall_s", t, **kwargs))
 
     def check_data(self, client: str, root: Path, paths: Iterable[str] | None = None) -> list[Problem]:
         return list(self._call("check_data", client, root, None if paths is None else list(paths)))

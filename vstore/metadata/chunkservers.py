@@ -700,24 +700,44 @@ class ChunkserverManager:
 
     async def _forget_failed_holders(self, chunks: list[ChunkState], status: dict[CsId, CsStatus]) -> None:
         """A replica on a FAILED server counts for nothing; once the chunk is back at its
-        policy elsewhere, drop it from the state (it is doomed: deleted if that server ever
-        returns). Before that it stays listed, in case its server comes back first."""
+        policy elsewhere, take it out of the chain with a version bump (RepairChain), as a
+        failed write does. Without the bump its copy would keep the chunk's version while
+        later writes change the other replicas at that same version, and a reader holding a
+        chunk map from before the drop could be served old bytes by it, with a valid
+        capability, once its server returns (HDFS-7065; MooseFS bumps too). With it, that
+        copy is stale by version: refused for reads and writes, and deleted when its server
+        reports it. Before that it stays listed, in case its server comes back first.
+        Chunks under a write lease wait: their writer's chain repair does the same."""
         budget = self.limits.max_deletes
+        bumps = []
         for chunk in chunks:
-            failed = [r.cs_id for r in chunk.replicas if status.get(r.cs_id) is CsStatus.FAILED
-                      and r.version == chunk.version]
-            if not failed:
+            failed = tuple(r.cs_id for r in chunk.replicas if status.get(r.cs_id) is CsStatus.FAILED
+                           and r.version == chunk.version)
+            if not failed or chunk.chunk_id in self.write_leases or chunk.chunk_id in self._busy_chunks:
                 continue
             good = [r for r in chunk.replicas if r.version == chunk.version and not r.damaged
                     and status.get(r.cs_id) in (CsStatus.ONLINE, CsStatus.OFFLINE, CsStatus.DRAINING)]
             if len(good) < chunk.policy.replicas:
                 continue
-            for cs_id in failed:
-                if budget <= 0:
-                    return
-                budget -= 1
-                await self.service.propose_op(lambda now, c=chunk.chunk_id, s=cs_id: ns.DropReplica(
-                    uid=0, gid=0, now_ns=now, chunk_id=c, cs_id=s))
+            if budget <= 0:
+                break
+            budget -= 1
+            try:
+                await self.service.propose_op(lambda now, c=chunk, f=failed: ns.RepairChain(
+                    uid=0, gid=0, now_ns=now, chunk_id=c.chunk_id, version=c.version, drop=f, add=(),
+                    new_version=c.version + 1))
+            except VStoreError as exc:  # written meanwhile (a new version): the next round looks again
+                log.info("chunk.failed_holders_kept", extra={"chunk": chunk.chunk_id, "error": exc.message})
+                continue
+            log.info("chunk.failed_holders_dropped", extra={"chunk": chunk.chunk_id, "cs_ids": list(failed),
+                                                             "version": chunk.version + 1})
+            # the survivors follow the new version now; one that misses it reports itself
+            # behind and is brought up by _sweep_behind (its bytes are the chunk's: no write
+            # came between, the chunk holds no lease)
+            live = [r.cs_id for r in good if status.get(r.cs_id) in (CsStatus.ONLINE, CsStatus.DRAINING)]
+            bumps.append(self.bump_versions(chunk.chunk_id, live, chunk.version, chunk.version + 1))
+        if bumps:
+            await asyncio.gather(*bumps)
 
     def _listed(self, chunk_id: int) -> tuple[int, ...]:
         try:
