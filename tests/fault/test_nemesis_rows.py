@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -49,6 +50,11 @@ PAGES_IMG_BYTES = 64 * MIB
 LEADER_BOUND_S = 15
 F3_PAUSE_S = 15
 F4_PARTITION_S = 20
+#: longer than the harness's cs_failed_after_s (8 s): the MDS declares the zombie failed and
+#: rebuilds while it sleeps (RELIABILITY.md says 30-80 s; the soak runs those)
+F7_PAUSE_S = int(os.environ.get("VSTORE_F7_PAUSE_S", "12"))
+#: per-fault figures (issue 9's "Measure"), written as JSON when VSTORE_NEMESIS_MEASURE names a file
+MEASURED: list[dict[str, object]] = []
 
 
 class Pool:
@@ -97,6 +103,9 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         yield pool
     finally:
         pool.close()
+        target = os.environ.get("VSTORE_NEMESIS_MEASURE")
+        if target and MEASURED:
+            Path(target).write_text(json.dumps(MEASURED, indent=1) + "\n")
 
 
 class Row:
@@ -217,9 +226,12 @@ def test_f1_killing_the_mds_leader_mid_write_loses_no_acknowledged_op(row: Row) 
     c.restart(old.name)
     row.wait_progress("the workload going on after the old leader's restart", after=time.monotonic(), acked=5,
                       meta=5)
+    stall = work.stall_s(killed_at)
     print(f"F1: {old.name} (term {old.term}) killed; {new.name} leads at term {new.term}, elected after "
-          f"{_s(elected_s)}; {work.spanning(killed_at)} ops in flight at the kill rode through")
+          f"{_s(elected_s)}; {work.spanning(killed_at)} ops in flight at the kill rode through, held {stall:.1f} s "
+          f"at most")
     _finish(row)
+    MEASURED.append({"fault": "F1", "new_leader_s": elected_s, "io_resumed_after_s": round(stall, 2)})
 
 
 # ---- F3 ---------------------------------------------------------------------------------------
@@ -259,9 +271,12 @@ def test_f3_a_paused_mds_leader_is_replaced_and_serves_no_stale_read_when_it_wak
         return mine is not None and (mine["role"] != "leader" or mine["term"] > new.term)
     wait_until(stepped_down, timeout_s=LEADER_BOUND_S, interval_s=0.3,
                what=f"{old.name} stepping down after SIGCONT")
+    stall = work.stall_s(stopped_at)
     print(f"F3: {old.name} paused {F3_PAUSE_S} s; {new.name} leads at term {new.term}, elected after {_s(elected_s)}; "
-          f"{acked_during} writes acknowledged during the pause")
+          f"{acked_during} writes acknowledged during the pause; the application was held {stall:.1f} s at most")
     _finish(row)
+    MEASURED.append({"fault": "F3", "pause_s": F3_PAUSE_S, "new_leader_s": elected_s,
+                     "io_resumed_after_s": round(stall, 2)})
 
 
 def test_f3_a_leader_waking_from_a_pause_does_not_declare_the_chunkservers_failed(row: Row) -> None:
@@ -341,7 +356,10 @@ def test_f4_an_mds_leader_partitioned_from_the_majority_never_acknowledges_and_d
     print(f"F4 ({direction}): {old.name} cut off for {F4_PARTITION_S} s; {new.name} leads at term {new.term}, "
           f"elected after {_s(elected_s)}; client-1 acknowledged {work.acked(client='client-1', after=cut_at)} writes "
           f"meanwhile, client-2 none; client-2 met {len(work.expected_errors)} ESTALE after the heal "
-          f"({describe(work.expected_errors, 3)})")
+          f"({describe(work.expected_errors, 3)}); client-1 was held {work.stall_s(cut_at, client='client-1'):.1f} s "
+          f"at most")
+    MEASURED.append({"fault": f"F4-{direction}", "new_leader_s": elected_s,
+                     "io_resumed_after_s": round(work.stall_s(cut_at, client="client-1"), 2)})
     _finish(row)
 
 
@@ -370,9 +388,12 @@ def test_f6_killing_a_chunkserver_mid_write_loses_no_fsynced_byte_and_its_stale_
         return any("client.chain_repair" in (c.logs / f"{n}.log").read_bytes()[logs_before[n]:].decode(errors="replace")
                    for n in c.client_names)
     assert repaired(), f"no write met the dead chunkserver {victim} (no client.chain_repair): the row proved nothing"
+    stall = work.stall_s(killed_at)
     print(f"F6: {victim} (of {holders}) killed, restarted {time.monotonic() - killed_at:.1f} s later; "
-          f"{work.spanning(killed_at)} ops in flight at the kill rode through")
+          f"{work.spanning(killed_at)} ops in flight at the kill rode through, held {stall:.1f} s at most")
     _finish(row)
+    MEASURED.append({"fault": "F6", "victim": victim, "io_resumed_after_s": round(stall, 2),
+                     "full_replication_after_s": round(time.monotonic() - killed_at, 1)})
 
 
 def test_f6_a_copy_ordered_to_a_chunkserver_that_just_died_does_not_block_writes(
@@ -415,6 +436,43 @@ def test_f6_a_copy_ordered_to_a_chunkserver_that_just_died_does_not_block_writes
             raise AssertionError(f"a write with two live replicas failed after {time.monotonic() - started:.1f} s "
                                  f"({exc!r}); the MDS answered Busy {len(busy)} times: {busy[-1:]}") from exc
         assert f.read_bytes() == data
+
+
+# ---- F7 ---------------------------------------------------------------------------------------
+
+def test_f7_a_stopped_chunkserver_is_left_mid_write_and_its_copies_are_stale_by_version_when_it_wakes(
+        row: Row) -> None:
+    """F7: SIGSTOP a chunkserver holding replicas of the files being written (a zombie: its
+    sockets stay open, nothing answers) for longer than ``cs_failed_after_s``, then SIGCONT.
+    The writers go on without an error (the client's liveness probe leaves the silent server
+    within seconds and repairs the chain, bumping the version); the MDS declares it failed and
+    rebuilds. When it wakes, every chunk it is no longer listed for is refused by it at the
+    current version (a read forced to it gets STALE_VERSION or NOT_FOUND, never bytes), no
+    chunk's version went backwards, and the row ends with the usual checks."""
+    c = row.cluster
+    work = row.start_workload()
+    row.wait_progress("the workload under way", after=0, acked=20, meta=10)
+    before = {ch["chunk_id"]: ch["version"] for chunks in c.replicas(f"/{row.top}").values() for ch in chunks}
+    victim = row.rng.choice(c.hosts_holding(f"/{row.top}"))
+    stopped_at = time.monotonic()
+    c.stop(victim)
+    row.wait_progress(f"the workload going on with {victim} stopped", after=time.monotonic(), acked=15, meta=5)
+    time.sleep(max(0.0, stopped_at + F7_PAUSE_S - time.monotonic()))   # the pause's length: fault timing
+    c.cont(victim)
+    forced = c.force_read(victim, f"/{row.top}")
+    served = [(path, ch) for path, chunks in forced.items() for ch in chunks
+              if not ch["listed"] and ch["result"] == "ok"]
+    assert not served, f"{victim}, woken, served chunks it is no longer a replica of: {served[:5]}"
+    unlisted = sum(1 for chunks in forced.values() for ch in chunks if not ch["listed"])
+    row.wait_progress(f"the workload going on with {victim} awake", after=time.monotonic(), acked=5, meta=3)
+    after = {ch["chunk_id"]: ch["version"] for chunks in c.replicas(f"/{row.top}").values() for ch in chunks}
+    backwards = {cid: (v, after[cid]) for cid, v in before.items() if cid in after and after[cid] < v}
+    assert not backwards, f"chunk versions went backwards (before, after): {backwards}"
+    stall = work.stall_s(stopped_at)
+    MEASURED.append({"fault": "F7", "victim": victim, "pause_s": F7_PAUSE_S, "io_resumed_after_s": round(stall, 2)})
+    print(f"F7: {victim} stopped {F7_PAUSE_S} s; the application was held {stall:.1f} s at most; woken, it "
+          f"refused all {unlisted} chunks it no longer holds for the MDS")
+    _finish(row)
 
 
 # ---- F16 --------------------------------------------------------------------------------------

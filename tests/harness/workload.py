@@ -253,15 +253,17 @@ class Workload:
             writes = [w for w in self.writes if w.invoke < t and w.acked_at is not None and w.acked_at > t]
         return len(writes) + sum(1 for op in ops if op.invoke < t and op.complete is not None and op.complete > t)
 
-    def stall_s(self, t: float, *, client: str | None = None) -> float:
-        """How long the application was held by a fault at ``t``: the longest an op in flight
-        at ``t`` (on ``client``, or anywhere) went on waiting after it (0.0: none was held).
-        The "time until the client's I/O resumes" of issue 9's measurements."""
+    def stall_s(self, t: float, *, client: str | None = None, window_s: float = 10.0) -> float:
+        """How long the application was held by a fault at ``t``: the longest an op (on
+        ``client``, or anywhere) that was in flight at ``t`` or began within ``window_s``
+        after it waited from ``t`` or its start, whichever is later (about 0: none was
+        held). The "time until the client's I/O resumes" of issue 9's measurements."""
         with self._lock:
             ops = [(op.invoke, op.complete, str(op.client).split("/")[0]) for op in self.history.history()]
             ops += [(w.invoke, w.acked_at, w.client) for w in self.writes]
-        return max((done - t for invoke, done, who in ops
-                    if done is not None and invoke < t < done and (client is None or who == client)), default=0.0)
+        return max((done - max(invoke, t) for invoke, done, who in ops
+                    if done is not None and done > t and invoke < t + window_s
+                    and (client is None or who == client)), default=0.0)
 
     # ---- the threads --------------------------------------------------------------------------
 
