@@ -53,6 +53,7 @@ F4_PARTITION_S = 20
 #: longer than the harness's cs_failed_after_s (8 s): the MDS declares the zombie failed and
 #: rebuilds while it sleeps (RELIABILITY.md says 30-80 s; the soak runs those)
 F7_PAUSE_S = int(os.environ.get("VSTORE_F7_PAUSE_S", "12"))
+F5_S = 10
 #: per-fault figures (issue 9's "Measure"), written as JSON when VSTORE_NEMESIS_MEASURE names a file
 MEASURED: list[dict[str, object]] = []
 
@@ -363,6 +364,47 @@ def test_f4_an_mds_leader_partitioned_from_the_majority_never_acknowledges_and_d
     _finish(row)
 
 
+# ---- F5 ---------------------------------------------------------------------------------------
+
+def test_f5_a_lossy_network_with_connection_resets_breaks_nothing_and_starts_no_election_storm(row: Row) -> None:
+    """F5: for ``F5_S`` seconds every chunkserver host loses 10 % of its UDP (the heartbeats)
+    and the client hosts have 1 ‰ of their TCP segments answered with a reset (connections
+    break under pipelined calls, which are retried and applied once); then, for 1.5 s, the
+    MDS leader's host drops half of all its packets (etcd's DropPeerNetwork). Safety holds
+    (the usual checks), the leader changes at most once, and no chunkserver is declared
+    failed for the lost heartbeats."""
+    c = row.cluster
+    work = row.start_workload()
+    row.wait_progress("the workload under way", after=0, acked=20, meta=10)
+    leader = c.wait_leader()
+    marks = {n: (c.logs / f"{n}.log").stat().st_size for n in c.nodes}
+    started = time.monotonic()
+    everyone = list(c.nodes)
+    for cs in c.cs_names:
+        c.flaky(cs, c.mds_names, drop_percent=10, udp_only=True)
+    for client in c.client_names:
+        c.flaky(client, [n for n in everyone if n not in c.client_names], reset_permille=1)
+    row.wait_progress("the workload going on over the lossy network", after=time.monotonic(), acked=15, meta=10)
+    time.sleep(max(0.0, started + F5_S - 1.5 - time.monotonic()))   # the fault's length: fault timing
+    c.flaky(leader.name, [n for n in everyone if n != leader.name], drop_percent=50)
+    time.sleep(1.5)
+    c.heal()
+    row.wait_progress("the workload going on after the heal", after=time.monotonic(), acked=5, meta=5)
+    now = c.wait_leader()
+    logs = {n: (c.logs / f"{n}.log").read_bytes()[marks[n]:].decode(errors="replace") for n in c.nodes}
+    failed = [line for n in c.mds_names for line in logs[n].splitlines() if "event=cs.failed " in line]
+    assert not failed, "chunkservers declared failed for 10 % heartbeat loss:\n" + "\n".join(failed)
+    resets = sum(logs[n].count("reset") + logs[n].count("lost with the request in flight") for n in c.client_names)
+    assert now.term - leader.term <= 1, f"{now.term - leader.term} leader elections in the row (at most 1)"
+    stall = work.stall_s(started, window_s=F5_S)
+    print(f"F5: {F5_S} s of 10 % heartbeat loss and TCP resets, 1.5 s of 50 % loss at the leader {leader.name}: "
+          f"terms {leader.term} -> {now.term}; {resets} connection breaks logged by the clients; the application "
+          f"was held {stall:.1f} s at most")
+    MEASURED.append({"fault": "F5", "seconds": F5_S, "leader_changes": now.term - leader.term,
+                     "io_resumed_after_s": round(stall, 2)})
+    _finish(row)
+
+
 # ---- F6 ---------------------------------------------------------------------------------------
 
 def test_f6_killing_a_chunkserver_mid_write_loses_no_fsynced_byte_and_its_stale_replica_is_never_served(
@@ -472,6 +514,41 @@ def test_f7_a_stopped_chunkserver_is_left_mid_write_and_its_copies_are_stale_by_
     MEASURED.append({"fault": "F7", "victim": victim, "pause_s": F7_PAUSE_S, "io_resumed_after_s": round(stall, 2)})
     print(f"F7: {victim} stopped {F7_PAUSE_S} s; the application was held {stall:.1f} s at most; woken, it "
           f"refused all {unlisted} chunks it no longer holds for the MDS")
+    _finish(row)
+
+
+# ---- F20 --------------------------------------------------------------------------------------
+
+def test_f20_a_dead_mds_leader_is_replaced_by_a_membership_change_under_load(row: Row) -> None:
+    """F20: kill -9 the MDS leader (F1) and, while the workload runs on the new leader,
+    replace it as an operator would: ``vstore rm-node`` (a configuration change with one
+    voter down), wipe its data dir, ``vstore add-node --role mds`` at the same address (a
+    learner, promoted once caught up). Each change completes; every member ends with the same
+    configuration (three voters) and state hash; the history holds (the usual checks)."""
+    c = row.cluster
+    row.start_workload()
+    row.wait_progress("the workload under way", after=0, acked=20, meta=10)
+    old = c.wait_leader()
+    killed_at = time.monotonic()
+    c.kill(old.name)
+    new = c.wait_leader(not_=old.name, timeout_s=LEADER_BOUND_S)
+    row.wait_progress("the workload going on under the new leader", after=time.monotonic(), acked=10, meta=5)
+    removed, added = c.replace_mds(old.name, join=new.name)
+    row.wait_progress(f"the workload going on after {old.name} was replaced", after=time.monotonic(), acked=5,
+                      meta=5)
+    c.wait_healthy(timeout_s=90, what=f"{old.name} promoted to voter again")
+    members = {}
+    for status in (c.status_json().get("mds") or {}).values():
+        if status:
+            raft = status.get("raft") or {}
+            members[status["node_id"]] = (sorted(raft.get("voters") or []), sorted(raft.get("learners") or []),
+                                          sorted(status.get("members") or {}))
+    assert len(members) == 3 and len({str(v) for v in members.values()}) == 1, \
+        f"the members' configurations differ: {members}"
+    voters, learners, _ = next(iter(members.values()))
+    assert voters == sorted(c.mds_names) and not learners, f"the configuration after the change: {members}"
+    print(f"F20: {old.name} killed, removed and added again in {time.monotonic() - killed_at:.1f} s while "
+          f"{new.name} led; rm-node: {removed.strip().splitlines()[-1:]}; add-node: {added.strip().splitlines()[-1:]}")
     _finish(row)
 
 

@@ -102,7 +102,7 @@ class NetnsCluster:
         self.stopped: set[str] = set()
         self.mounts: dict[str, Path] = {}
         self.client_config: Path = root / "client.toml"
-        self._nft_hosts: dict[int, list[tuple[str, tuple[str, ...]]]] = {}
+        self._nft_hosts: dict[int, list[tuple[str, str]]] = {}  # host -> (chain, nft rule)
         self._cleanups: list[Callable[[], object]] = []
         self._entered = False
 
@@ -167,7 +167,11 @@ class NetnsCluster:
         out = self._ok(1, "mkfs", "--cluster", "nemesis", "--data", str(first), "--listen", mds_addr[1],
                        "--host", "h1", "--chunk-mib", str(self.chunk_mib))
         assert "admin password:" in out, out
-        secret = first / "cluster.secret"   # the operator copies it to every host (one file system here)
+        # the operator copies the secret to every host (one file system here: one copy, kept
+        # outside every data dir, so that replacing mds-1 with a wiped one keeps it)
+        secret = self.root / "cluster.secret"
+        shutil.copyfile(first / "cluster.secret", secret)
+        secret.chmod(0o600)
         self._timers(first / "mds.toml")
         self.nodes["mds-1"] = Node("mds-1", "mds", 1, first / "mds.toml")
         self.start("mds-1")
@@ -199,6 +203,25 @@ class NetnsCluster:
         self.wait_healthy(timeout_s=120, what="the new cluster healthy (every MDS a voter, every CS online)")
         for name in self.client_names:
             self.mount(name)
+
+    def replace_mds(self, name: str, *, join: str) -> tuple[str, str]:
+        """An operator replaces dead MDS ``name`` (it must not run): ``vstore rm-node`` it,
+        wipe its data dir, ``vstore add-node --role mds`` it again at the same address
+        through ``join`` (a live member) and start it; returns both commands' output."""
+        assert not self.running(name), f"{name} still runs"
+        node = self.nodes[name]
+        removed = self.observe([*VSTORE, "rm-node", "-c", str(self.client_config), name], timeout_s=90)
+        if removed.returncode != 0:
+            raise AssertionError(f"rm-node {name} exited {removed.returncode}: {removed.stdout}{removed.stderr}")
+        data = node.config.parent
+        shutil.rmtree(data)
+        added = self._ok(node.host, "add-node", "--role", "mds", "--join", f"{self.address(join)}:{PORT_MDS}",
+                         "--data", str(data), "--listen", f"{self.address(name)}:{PORT_MDS}", "--node-id", name,
+                         "--host", f"h{node.host}", "--secret-file", str(self.root / "cluster.secret"))
+        self._timers(node.config)
+        self._log(name, "replaced: rm-node, data dir wiped, add-node")
+        self.start(name)
+        return removed.stdout, added
 
     # ---- processes --------------------------------------------------------------------------
 
@@ -312,27 +335,49 @@ class NetnsCluster:
         Rules accumulate per host until ``heal``."""
         if direction not in ("both", "in", "out"):
             raise ValueError(f"direction {direction!r}: both, in or out")
-        k = host if isinstance(host, int) else self.host_of(host)
-        addresses = tuple(sorted({self.address(o) for o in others} - {self.hosts.address(k)}))
-        assert addresses, "partition from nobody"
-        rules = self._nft_hosts.setdefault(k, [])
-        rules.append((direction, addresses))
-        inbound = [a for d, adds in rules if d in ("both", "in") for a in adds]
-        outbound = [a for d, adds in rules if d in ("both", "out") for a in adds]
-        table = self.nft_table
-        script = [f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{"]
-        script.append("  chain input { type filter hook input priority -10; policy accept;")
-        if inbound:
-            script.append(f"    ip saddr {{ {', '.join(sorted(set(inbound)))} }} meta l4proto {{ tcp, udp }} drop")
-        script.append("  }")
-        script.append("  chain output { type filter hook output priority -10; policy accept;")
-        if outbound:
-            script.append(f"    ip daddr {{ {', '.join(sorted(set(outbound)))} }} meta l4proto {{ tcp, udp }} drop")
-        script.append("  }")
-        script.append("}")
-        self._nft(k, "\n".join(script) + "\n")
+        k, addresses = self._peers_of(host, others)
+        if direction in ("both", "in"):
+            self._add_rule(k, "input", f"ip saddr {{ {addresses} }} meta l4proto {{ tcp, udp }} drop")
+        if direction in ("both", "out"):
+            self._add_rule(k, "output", f"ip daddr {{ {addresses} }} meta l4proto {{ tcp, udp }} drop")
         for o in others:
             self._log(o if isinstance(o, str) else f"host{o}", f"partitioned from host {k} ({direction})")
+
+    def flaky(self, host: str | int, others: Iterable[str | int], *, drop_percent: int = 0, udp_only: bool = False,
+              reset_permille: int = 0) -> None:
+        """A bad network between ``host`` and ``others`` (RELIABILITY F5), both ways: drop
+        ``drop_percent`` % of the packets at random (UDP only: the heartbeats), and answer
+        ``reset_permille`` ‰ of the TCP segments ``host`` sends with a reset (the connection
+        breaks under the calls in flight). Rules accumulate until ``heal``."""
+        k, addresses = self._peers_of(host, others)
+        proto = "udp" if udp_only else "{ tcp, udp }"
+        if drop_percent:
+            for chain, match in (("input", "saddr"), ("output", "daddr")):
+                self._add_rule(k, chain, f"ip {match} {{ {addresses} }} meta l4proto {proto} "
+                                         f"numgen random mod 100 < {drop_percent} drop")
+        if reset_permille:
+            self._add_rule(k, "output", f"ip daddr {{ {addresses} }} tcp flags & (syn | rst) == 0 "
+                                        f"numgen random mod 1000 < {reset_permille} reject with tcp reset")
+        self._log(f"host{k}", f"flaky network to {addresses}: drop {drop_percent}% "
+                              f"{'udp' if udp_only else 'tcp+udp'}, reset {reset_permille}‰ of tcp")
+
+    def _peers_of(self, host: str | int, others: Iterable[str | int]) -> tuple[int, str]:
+        k = host if isinstance(host, int) else self.host_of(host)
+        addresses = sorted({self.address(o) for o in others} - {self.hosts.address(k)})
+        assert addresses, "a fault between a host and nobody"
+        return k, ", ".join(addresses)
+
+    def _add_rule(self, k: int, chain: str, rule: str) -> None:
+        rules = self._nft_hosts.setdefault(k, [])
+        rules.append((chain, rule))
+        table = self.nft_table
+        script = [f"table inet {table} {{}}", f"delete table inet {table}", f"table inet {table} {{"]
+        for name in ("input", "output"):
+            script.append(f"  chain {name} {{ type filter hook {name} priority -10; policy accept;")
+            script.extend(f"    {r}" for c, r in rules if c == name)
+            script.append("  }")
+        script.append("}")
+        self._nft(k, "\n".join(script) + "\n")
 
     def heal(self) -> None:
         """Delete every nft table this cluster made; idempotent."""
