@@ -2,7 +2,9 @@
 #   make test   install what is missing, then run the whole test suite
 #   make demo   install what is missing, then start a local cluster (see README)
 #   make bench  install what is missing, then run the benchmarks (results in bench/results/)
-#   make soak   the Raft simulator over thousands of seeds (SEEDS=N per scenario)
+#   make soak   the long runs: the Raft simulator over thousands of seeds (SEEDS=N per
+#               scenario), then every nemesis row with long faults and a long thrash
+#               (THRASH_S, default 1800); per-fault figures in bench/results/soak.json
 
 PYTHON ?= python3
 VENV   := .venv
@@ -35,9 +37,14 @@ bench: install
 	$(PY) bench/chunkserver.py
 	$(PY) bench/fs.py
 
-# thousands of seeds per Raft simulator scenario (the default suite runs a few hundred)
+# thousands of seeds per Raft simulator scenario (the default suite runs a few hundred),
+# then the nemesis rows with RELIABILITY.md's long fault lengths and the long thrash
 soak: install
 	VSTORE_SIM_SEEDS=$${SEEDS:-3000} $(PY) -m pytest tests/unit/raft/test_raft_sim.py -q -x
+	mkdir -p bench/results
+	VSTORE_THRASH_S=$${THRASH_S:-1800} VSTORE_F7_PAUSE_S=60 \
+	  VSTORE_NEMESIS_MEASURE=$(CURDIR)/bench/results/soak.json \
+	  $(PY) -m pytest tests/fault/test_nemesis_rows.py -q -s -p no:cacheprovider
 
 install: system-packages $(STAMP)
 

@@ -54,6 +54,7 @@ F4_PARTITION_S = 20
 #: rebuilds while it sleeps (RELIABILITY.md says 30-80 s; the soak runs those)
 F7_PAUSE_S = int(os.environ.get("VSTORE_F7_PAUSE_S", "12"))
 F5_S = 10
+THRASH_S = int(os.environ.get("VSTORE_THRASH_S", "60"))
 #: per-fault figures (issue 9's "Measure"), written as JSON when VSTORE_NEMESIS_MEASURE names a file
 MEASURED: list[dict[str, object]] = []
 
@@ -708,3 +709,77 @@ def test_migration_a_checkpoint_and_a_container_disk_open_on_another_host_after_
     print(f"migration: {len(names)} checkpoint files ({2 * PAGES_IMG_BYTES // MIB} MiB of pages) written in "
           f"{written_s:.1f} s; {victim} and the leader {leader.name} killed; host B verified everything and "
           f"fsck'd the disk {opened_s:.1f} s later; {c.converge(f'/{row.top}', timeout_s=180)}")
+
+
+# ---- the thrash -------------------------------------------------------------------------------
+
+def _thrash_faults(c: NetnsCluster, rng: random.Random) -> list[tuple[str, Callable[[], Callable[[], None]]]]:
+    """The thrash's faults (RELIABILITY.md §7): each injects and returns its heal. Never more
+    than a minority of MDS or one chunkserver host down at a time."""
+    def leader() -> str:
+        return c.wait_leader().name
+
+    def kill_mds() -> Callable[[], None]:
+        name = leader()
+        c.kill(name)
+        return lambda: c.restart(name)
+
+    def pause_mds() -> Callable[[], None]:
+        name = leader()
+        c.stop(name)
+        return lambda: c.cont(name)
+
+    def partition_mds() -> Callable[[], None]:
+        name = leader()
+        c.partition(name, [n for n in c.nodes if n != name], rng.choice(["both", "in", "out"]))
+        return c.heal
+
+    def kill_cs() -> Callable[[], None]:
+        name = rng.choice(c.cs_names)
+        c.kill(name)
+        return lambda: c.restart(name)
+
+    def pause_cs() -> Callable[[], None]:
+        name = rng.choice(c.cs_names)
+        c.stop(name)
+        return lambda: c.cont(name)
+
+    def flaky() -> Callable[[], None]:
+        for cs in c.cs_names:
+            c.flaky(cs, c.mds_names, drop_percent=10, udp_only=True)
+        for client in c.client_names:
+            c.flaky(client, [n for n in c.nodes if n not in c.client_names], reset_permille=2)
+        return c.heal
+
+    return [("F1 kill the MDS leader", kill_mds), ("F3 pause the MDS leader", pause_mds),
+            ("F4 partition the MDS leader", partition_mds), ("F6 kill a chunkserver", kill_cs),
+            ("F7 pause a chunkserver", pause_cs), ("F5 lossy network", flaky)]
+
+
+@pytest.mark.timeout(THRASH_S + 420)
+def test_thrash_random_faults_one_at_a_time_keep_every_invariant(row: Row) -> None:
+    """The Ceph/Jepsen-style thrash (RELIABILITY.md §7): for ``VSTORE_THRASH_S`` seconds (60
+    in the default suite; ``make soak`` runs it long), a fault drawn from F1 F3 F4 F5 F6 F7
+    with the row's seed, held 2-6 s, healed, and the next only once the workload has made
+    progress again. The usual checks at the end (every invariant over the whole run). Faults
+    that outlast ``session_expire_s`` are not drawn: a partitioned or paused client-side
+    session is F4's subject, with its own allowed ESTALE."""
+    c = row.cluster
+    work = row.start_workload()
+    row.wait_progress("the workload under way", after=0, acked=20, meta=10)
+    faults = _thrash_faults(c, row.rng)
+    ends = time.monotonic() + THRASH_S
+    done: list[str] = []
+    while time.monotonic() < ends:
+        what, inject = row.rng.choice(faults)
+        at = time.monotonic()
+        heal = inject()
+        time.sleep(row.rng.uniform(2, 6))   # fault timing
+        heal()
+        row.wait_progress(f"the workload going on after '{what}'", after=time.monotonic(), acked=3, meta=3,
+                          timeout_s=90)
+        done.append(f"{what} ({work.stall_s(at, window_s=6):.1f} s held)")
+        MEASURED.append({"fault": f"thrash {what}", "io_resumed_after_s": round(work.stall_s(at, window_s=6), 2)})
+    c.restore()
+    print(f"thrash ({THRASH_S} s, seed {row.seed}): {len(done)} faults: " + "; ".join(done))
+    _finish(row)
