@@ -252,3 +252,37 @@ async def test_verify_of_a_flipped_byte_is_a_checksum_error_naming_the_block_and
             assert ok.message.length_bytes == len(data)
         finally:
             await peer.close()
+
+
+async def test_a_chunkserver_restarted_between_a_write_and_its_fsync_fails_the_fsync_naming_itself(chain) -> None:
+    """RELIABILITY F18: a chunkserver that lost power after acknowledging a write (the bytes
+    were only in its page cache) comes back as a new process with a new boot id. The fsync
+    carries the boot ids the writes were acknowledged under, and the restarted server refuses
+    it, naming itself, instead of making the loss look durable; a write that shows the new
+    boot id is refused by the client the same way. After an fsync, a restart costs nothing."""
+    from vstore.client.chunk_io import ChunkIo
+    from vstore.wire import mds as wm
+    nodes, client, key = chain
+    io = ChunkIo(client.auth)
+
+    def info(chunk_id: int) -> wm.ChunkInfo:
+        return wm.ChunkInfo(index=0, chunk_id=chunk_id, version=1, length_bytes=0, token=token(key, chunk_id, 1),
+                            replicas=tuple(wm.ReplicaAddress(cs_id=n.cs_id, address=n.address) for n in nodes))
+    try:
+        first = info(11)
+        await io.write(first, 0, os.urandom(8192), create=True)
+        nodes[1].service.boot ^= 2          # the middle server restarted: a new process, a new boot id
+        with pytest.raises(Unavailable) as refused:
+            await io.fsync(first)
+        assert refused.value.details["failed_cs"] == 2 and "restarted" in refused.value.message
+        with pytest.raises(Unavailable) as seen:
+            await io.write(first, 8192, os.urandom(4096), create=False)
+        assert seen.value.details["failed_cs"] == 2
+        second = info(12)
+        await io.write(second, 0, os.urandom(4096), create=True)
+        await io.fsync(second)
+        nodes[2].service.boot ^= 2          # a restart after the fsync: nothing unsynced to lose
+        await io.write(second, 4096, os.urandom(4096), create=False)
+        await io.fsync(second)
+    finally:
+        await io.close()

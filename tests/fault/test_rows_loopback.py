@@ -6,6 +6,14 @@
 * F8b: three of six chunkservers down at once (a rack's power): the storm brake engages, no
   mass rebuild starts, ``vstore status`` says why; reads give the right bytes or EIO, never
   other bytes; the servers come back and the cluster is healthy with nothing rebuilt.
+* F10: every MDS's metadata store full (a small ``lmdb_map_bytes``): growth is refused with a
+  clear NO_SPACE, no MDS stops or loops, reads and removals work, the replicas stay at one
+  state hash; after the operator enlarges the map (config edit, rolling restart) writes resume.
+* F18: a chunkserver loses power (kill -9, then its page cache dropped by the lazy FUSE layer
+  under its ``chunks/``, torn at a sector) while a writer has unsynced writes on it: no
+  fsync-acknowledged byte is lost anywhere, the writer's next fsync does not count the
+  restarted server (its boot id changed: it may have lost what it acknowledged), and the
+  cluster ends healthy with ``vstore scrub`` clean.
 * F2: a follower's data dir wiped: the node refuses to start with a clear message; the
   operator removes it (``vstore rm-node``), adds it back empty (``vstore add-node --role mds``
   under the same id), and it catches up to the same state hash.
@@ -145,3 +153,109 @@ async def test_f2_a_wiped_follower_refuses_to_start_and_comes_back_through_rm_no
         reply = await cluster.status(victim)
         assert reply is not None and victim in reply.members and reply.role == "follower"
         assert stat.S_ISDIR((await link.lookup(1, b"written-while-it-was-gone")).mode)
+
+
+async def test_f10_a_full_metadata_store_refuses_growth_keeps_every_mds_serving_and_resumes_when_enlarged(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from tests.harness.mdsprocs import MdsProcCluster
+    from vstore.errors import NoSpace
+    from vstore.wire import mds as w
+    small, large = 16 << 20, 64 << 20
+    cluster = MdsProcCluster(tmp_path, mds_extra={"lmdb_map_bytes": small})
+    async with cluster.serving(dump_logs_if=lambda: call_failed(request.node)):
+        link = await cluster.link()
+        f = await link.create(1, b"f")
+        value = b"x" * 65536
+
+        async def setxattr(name: str) -> None:
+            await link.mutate(lambda lane, seq: w.SetxattrRequest(uid=0, gid=0, lane=lane, seq=seq, inode=f.inode,
+                                                                  name=name.encode(), value=value))
+        with pytest.raises(NoSpace) as refused:
+            for n in range(1000):
+                await setxattr(f"user.{n}")
+        assert n > 100 and "lmdb_map_bytes" in refused.value.message, (n, refused.value.message)
+        with pytest.raises(NoSpace):
+            await link.create(1, b"g")
+        assert (await link.getattr(f.inode)).inode == f.inode          # reads keep working
+        statuses = await cluster.converged(timeout_s=30)                # no half-applied entry anywhere
+        assert sorted(cluster.running()) == sorted(cluster.ids), "an MDS stopped on a full store"
+        assert len({s.state_hash for s in statuses.values()}) == 1
+        # the operator enlarges the map: a config edit and a rolling restart, one MDS at a time
+        for node_id in cluster.ids:
+            config = tmp_path / f"{node_id}.toml"
+            config.write_text(config.read_text().replace(f"lmdb_map_bytes = {small}", f"lmdb_map_bytes = {large}"))
+            cluster.kill(node_id)
+            cluster.start(node_id)
+            await cluster.converged(timeout_s=60)
+        await link.create(1, b"g")                                      # writes resume
+        await setxattr("user.after")
+        statuses = await cluster.converged(timeout_s=30)
+        assert len({s.state_hash for s in statuses.values()}) == 1 and len(statuses) == 3
+
+
+async def test_f18_a_chunkserver_losing_power_loses_no_acknowledged_byte_and_is_not_trusted_for_what_it_lost(
+        tmp_path: Path, request: pytest.FixtureRequest, expect_log, caplog) -> None:  # type: ignore[no-untyped-def]
+    from tests.harness.lazyfs import LazyMount
+    from vstore.client.factory import file_client
+    from vstore.config import load_client_config
+    rng = random.Random(SEED + 3)
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse missing")
+    # short leases: a new leader makes no copy for write_lease_s + capability_skew_s (leases an
+    # earlier leader granted may be out), and this cluster's leader is new
+    cluster = FsCluster(tmp_path, chunk_bytes=1 << 20, mds_extra={"cs_offline_after_s": 2, "cs_failed_after_s": 30,
+                                                                    "write_lease_s": 3, "capability_skew_s": 1})
+    victim = "cs-1"
+    expect_log("client.chain_repair")   # the writer drops the restarted server from its chain
+    with LazyMount(tmp_path / f"{victim}.disk", tmp_path / victim / "chunks", seed=SEED) as lazy:
+        async with cluster.running_fs(dump_logs_if=lambda: call_failed(request.node)):
+            config = cluster.client_config("f18")
+            files = {f"/f18/synced-{n}.img": rng.randbytes(MIB + rng.randrange(2 * MIB)) for n in range(3)}
+            await write_files(config, files)                # fsynced: acknowledged everywhere
+            cfg = load_client_config(config)
+            writer = file_client(cluster_id=cfg.cluster.id, mds=[(a.host, a.port) for a in cfg.cluster.mds],
+                                 secret_file=cfg.cluster.secret_file, net=cfg.net, host="host-writer")
+            await writer.start()
+            try:
+                link = await cluster.link()
+                parent = (await link.lookup(1, b"f18")).inode
+                attr = await writer.mds.create(parent, b"open.img")
+                fh, _ = await writer.open(attr.inode, writable=True)
+                before, after = rng.randbytes(2 * MIB), rng.randbytes(MIB)
+                await writer.write(fh, 0, before)
+                await writer.flush(fh)                      # sent and acknowledged by all three, synced by none
+                cluster.group.kill(victim)                  # the power goes: the process dies...
+                crashed = lazy.crash(torn=True)             # ...and so does its page cache
+                cluster.start_cs(victim)
+                await wait_for(lambda: _listening(tmp_path / f"{victim}.toml"), timeout_s=30,
+                               what=f"{victim} serving again at its address")
+                await writer.write(fh, len(before), after)  # the chain answers, the victim under a new boot id
+                await writer.fsync(fh)                      # acknowledged: durable without the victim's copy
+                await writer.release(fh)
+            finally:
+                await writer.close()
+            repairs = [str(getattr(r, "error", "")) for r in caplog.records if r.getMessage() == "client.chain_repair"]
+            assert any("restarted since it acknowledged" in e for e in repairs), \
+                f"the writer did not drop the restarted server for its boot id: {repairs}"
+            files["/f18/open.img"] = before + after
+            assert await read_files(config, list(files)) == files
+            healthy = await wait_for(lambda: (r := vstore("status", "-c", str(config))).returncode == 0 and r,
+                                     timeout_s=90, interval_s=1, what="healthy after the power loss")
+            assert "HEALTHY" in healthy.stdout
+            scrubbed = await wait_for(lambda: (r := vstore("scrub", "/f18", "-c", str(config))).returncode == 0
+                                      and r, timeout_s=90, interval_s=2, what="scrub clean")
+            print(f"F18: {victim} lost power ({crashed}); {scrubbed.stdout.strip().splitlines()[-1:]}")
+            assert await read_files(config, list(files)) == files
+            await cluster.converged()
+
+
+def _listening(config: Path) -> bool:
+    """The node of this config accepts TCP connections at its listen address."""
+    import socket
+    listen = next(line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("listen = "))
+    host, port = listen.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False

@@ -24,11 +24,14 @@ def cs_config(cluster: MdsProcCluster, name: str, *, heartbeat_ms: int = 200,
               extra: dict[str, int] | None = None) -> Path:
     """A chunkserver's config; ``extra``: more [chunkserver] keys (e.g. scrub_rate_bytes_per_s = 0)."""
     path = cluster.root / f"{name}.toml"
+    # a restart keeps the address (the server's registration names it), as a real one does
+    listen = next((line.split('"')[1] for line in path.read_text().splitlines() if line.startswith("listen = ")),
+                  None) if path.exists() else None
     path.write_text(f"""
 [node]
 id = "{name}"
 role = "cs"
-listen = "127.0.0.1:{free_port()}"
+listen = "{listen or f'127.0.0.1:{free_port()}'}"
 host = "host-{name}"
 data_dir = "{cluster.root / name}"
 failpoints = {"true" if cluster.failpoints else "false"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ import msgspec
 import xxhash
 
 from vstore.chunkserver.store import ChunkStore
-from vstore.errors import Exists, VStoreError
+from vstore.errors import Exists, Unavailable, VStoreError
 from vstore.net import Auth, Reply, Router, RpcClient, RpcClients
 from vstore.net.rpc import RequestContext
 from vstore.wire import ErrorCode
@@ -67,6 +68,8 @@ class ChunkDataService:
         self.forward_deadline_s = forward_deadline_s
         self.executor = ThreadPoolExecutor(max_workers=disk_threads, thread_name_prefix=f"cs-disk-{cs_id}")
         self._peers = RpcClients(auth, expected_role="cs", default_deadline_s=self.forward_deadline_s)
+        #: this process's boot id (``wire.cs.Boots``): a restart draws a new one
+        self.boot = secrets.randbits(63) | 1
         #: called (not awaited) when a read finds a replica here damaged: the MDS is told
         self.on_damage: Callable[[int, int, str], Awaitable[None]] | None = None
         self._reports: set[asyncio.Task[None]] = set()
@@ -155,8 +158,9 @@ class ChunkDataService:
                 raise result
         self.stats["writes"] += 1
         self.stats["bytes_written"] += len(payload)
-        downstream = results[1].replicas if m.chain else 0  # type: ignore[union-attr]
-        return w.WriteChunkReply(replicas=1 + downstream)
+        below: Any = results[1] if m.chain else None
+        return w.WriteChunkReply(replicas=1 + (below.replicas if below else 0),
+                                 boots=(self.boot, *(below.boots if below else ())))
 
     async def _read(self, ctx: RequestContext, m: w.ReadChunkRequest, payload: bytes) -> Any:
         self._check(m.chunk_id, m.version, m.token, "r")
@@ -200,6 +204,12 @@ class ChunkDataService:
 
     async def _fsync(self, ctx: RequestContext, m: w.FsyncChunkRequest, payload: bytes) -> Any:
         self._check(m.chunk_id, m.version, m.token, "rw")
+        if m.boots and m.boots[0] != self.boot:
+            # acknowledged by an earlier run of this server: what it had not synced is gone
+            # (a power loss), and an fsync now would make the loss look durable
+            raise Unavailable(f"chunkserver {self.cs_id} restarted since it acknowledged writes of chunk "
+                              f"{m.chunk_id:016x} v{m.version}; they may be lost on it",
+                              details={"failed_cs": self.cs_id, "chunk": m.chunk_id})
 
         async def local() -> None:
             try:
@@ -211,7 +221,7 @@ class ChunkDataService:
 
         jobs = [local()]
         if m.chain:
-            jobs.append(self._forward(m, b"", m.chain))
+            jobs.append(self._forward(msgspec.structs.replace(m, boots=m.boots[1:]), b"", m.chain))
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

@@ -18,11 +18,12 @@ asked. Bytes past the replica's valid length, within what was asked, are zeros.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import xxhash
 
-from vstore.errors import ChecksumMismatch, ChunkLost, DataError, InternalError, VStoreError
+from vstore.errors import ChecksumMismatch, ChunkLost, DataError, InternalError, Unavailable, VStoreError
 from vstore.net import Auth, Limits, RpcClient, RpcClients
 from vstore.wire import ErrorCode
 from vstore.wire import cs as wcs
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: The checksum block of every replica (fixed for the cluster; the chunkservers' default).
 BLOCK_BYTES = 4096
+#: chunks whose chain boot ids a client remembers between a write and its fsync (oldest dropped)
+BOOTS_KEPT = 65536
 
 
 def chain_of(info: w.ChunkInfo) -> tuple[wcs.ChainHop, ...]:
@@ -50,6 +53,8 @@ class ChunkIo:
         self.host = host
         self.attempt_deadline_s = attempt_deadline_s
         self._clients = RpcClients(auth, expected_role="cs", limits=limits, default_deadline_s=attempt_deadline_s)
+        #: (chunk id, version) -> boot ids of its chain since its last fsync (_note_boots)
+        self._boots: OrderedDict[tuple[int, int], tuple[int, ...]] = OrderedDict()
         self.stats = {"writes": 0, "reads": 0, "fsyncs": 0, "read_fallbacks": 0, "bytes_written": 0,
                       "bytes_read": 0}
 
@@ -75,6 +80,7 @@ class ChunkIo:
         if not isinstance(reply, wcs.WriteChunkReply) or reply.replicas != len(info.replicas):
             raise InternalError(f"chunk {info.chunk_id:016x}: write acknowledged by "
                                 f"{getattr(reply, 'replicas', '?')} of {len(info.replicas)} replicas")
+        self._note_boots(info, reply.boots)
         self.stats["writes"] += 1
         self.stats["bytes_written"] += len(data)
 
@@ -82,13 +88,37 @@ class ChunkIo:
         """Make the chunk's writes durable on every replica of its chain."""
         if not info.replicas:
             raise ChunkLost(f"chunk {info.chunk_id:016x} has no replica to fsync", details={"chunk": info.chunk_id})
+        key = (info.chunk_id, info.version)
+        boots = self._boots.get(key, ())
         request = wcs.FsyncChunkRequest(chunk_id=info.chunk_id, version=info.version, token=info.token,
-                                        chain=chain_of(info))
+                                        chain=chain_of(info), boots=boots if len(boots) == len(info.replicas) else ())
         reply = await self._call(info.replicas[0], request, b"")
         if not isinstance(reply, wcs.FsyncChunkReply) or reply.replicas != len(info.replicas):
             raise InternalError(f"chunk {info.chunk_id:016x}: fsync acknowledged by "
                                 f"{getattr(reply, 'replicas', '?')} of {len(info.replicas)} replicas")
+        if self._boots.get(key) == boots:   # no write was acknowledged meanwhile under other boot ids
+            self._boots.pop(key, None)
         self.stats["fsyncs"] += 1
+
+    def _note_boots(self, info: w.ChunkInfo, boots: tuple[int, ...]) -> None:
+        """Remember the boot ids the chain acknowledged this chunk's writes under since its
+        last fsync (``wire.cs.Boots``). A chunkserver that shows another one restarted since it
+        acknowledged earlier writes, which it may have lost: it counts as failed (the writer
+        drops it with a version bump) instead of being fsynced as if it held them."""
+        if len(boots) != len(info.replicas):
+            return   # a chunkserver that does not report boot ids: nothing to check
+        key = (info.chunk_id, info.version)
+        known = self._boots.get(key)
+        if known is None:
+            self._boots[key] = boots
+            while len(self._boots) > BOOTS_KEPT:
+                self._boots.popitem(last=False)
+            return
+        for replica, before, now in zip(info.replicas, known, boots):
+            if before != now:
+                raise Unavailable(f"chunkserver {replica.cs_id} restarted since it acknowledged earlier writes of "
+                                  f"chunk {info.chunk_id:016x} v{info.version}; they may be lost on it",
+                                  details={"failed_cs": replica.cs_id, "chunk": info.chunk_id})
 
     async def _call(self, replica: w.ReplicaAddress, request: object, payload: bytes | bytearray | memoryview) -> object:
         try:

@@ -55,6 +55,11 @@ class ChainHop(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fiel
 
 
 Chain = Annotated[tuple[ChainHop, ...], msgspec.Meta(max_length=16)]
+#: The boot ids of a chain's chunkservers, head first: each chunkserver process draws one at
+#: start. A write's reply names them; the writer's fsync carries them back, and a chunkserver
+#: whose boot id is not the one given restarted since it acknowledged writes it may not have
+#: made durable (a power loss keeps none of them): it fails the fsync and is dropped.
+Boots = Annotated[tuple[U64, ...], msgspec.Meta(max_length=17)]
 
 
 @register
@@ -80,6 +85,7 @@ class WriteChunkReply(Message):
 
     TYPE = MsgType.WRITE_CHUNK_REPLY
     replicas: U8
+    boots: Boots = ()
 
 
 @register
@@ -113,6 +119,8 @@ class FsyncChunkRequest(Message):
     version: U64
     token: Token
     chain: Chain = ()
+    #: the boot ids the chain's writes were acknowledged under (``Boots``; empty: unchecked)
+    boots: Boots = ()
 
 
 @register
