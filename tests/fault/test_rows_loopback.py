@@ -14,6 +14,10 @@
   fsync-acknowledged byte is lost anywhere, the writer's next fsync does not count the
   restarted server (its boot id changed: it may have lost what it acknowledged), and the
   cluster ends healthy with ``vstore scrub`` clean.
+* F9: one of three chunkservers has its data dir on a small file system (tmpfs), which fills
+  up under writes: it refuses new replicas with ENOSPC, the writers see no error (new chunks
+  get the two others, the policy's minimum; a chain that meets the full disk is repaired),
+  ``vstore status`` says it is full, and once space is freed it takes new replicas again.
 * F2: a follower's data dir wiped: the node refuses to start with a clear message; the
   operator removes it (``vstore rm-node``), adds it back empty (``vstore add-node --role mds``
   under the same id), and it catches up to the same state hash.
@@ -21,10 +25,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +265,56 @@ def _listening(config: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+async def test_f9_a_full_chunkserver_disk_sends_new_replicas_elsewhere_and_the_writers_see_no_error(
+        tmp_path: Path, request: pytest.FixtureRequest, expect_log) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    expect_log("client.chain_repair", count=0)   # a chain that met the full disk, if one did
+    rng = random.Random(SEED + 4)
+    victim = "cs-1"
+    disk = tmp_path / victim
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True,
+                             text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 12 MiB tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        # three servers, three replicas: every chunk wants the small disk, which fills; new
+        # chunks then get the two others (the policy's minimum is 2) and no writer sees an error
+        cluster = FsCluster(tmp_path, chunkservers=3, chunk_bytes=1 << 20,
+                            mds_extra={"write_lease_s": 3, "capability_skew_s": 1})
+        async with cluster.running_fs(dump_logs_if=lambda: call_failed(request.node)):
+            config = cluster.client_config("f9")
+            files = {f"/f9/{n}.img": rng.randbytes(2 * MIB + n) for n in range(8)}
+            await write_files(config, files)           # 16 MiB on each server: more than the small disk holds
+            assert await read_files(config, list(files)) == files
+
+            seen: list[str] = []
+
+            async def full() -> str | None:
+                status = vstore("status", "-c", str(config))
+                st = os.statvfs(disk)
+                seen[:] = [f"exit {status.returncode}: {status.stdout}{status.stderr}; victim fs {st.f_bavail}/{st.f_blocks} free; {sorted(os.listdir(disk))}"]
+                return status.stdout if status.returncode == 1 and "full" in status.stdout else None
+            report = await wait_for(full, timeout_s=30, interval_s=1,
+                                    what=lambda: f"status naming the full chunkserver ({seen})")
+            link = await cluster.link()
+            held = {int(cs_id) for cs_id in (tmp_path / victim / "cs-id").read_text().split()}
+            for n in range(8):                          # free the space
+                await link.unlink((await link.lookup(1, b"f9")).inode, f"{n}.img".encode())
+            await wait_for(lambda: vstore("status", "-c", str(config)).returncode == 0, timeout_s=60, interval_s=1,
+                           what="healthy once the space is freed")
+            more = {f"/f9/after-{n}.img": rng.randbytes(MIB) for n in range(8)}
+            await write_files(config, more)
+            listed = subprocess.run([sys.executable, "-m", "tests.harness.replicas", "-c", str(config), "/f9"],
+                                    capture_output=True, text=True, timeout=60)
+            assert listed.returncode == 0, listed.stderr
+            chunks = json.loads(listed.stdout)
+            assert any(r["cs_id"] in held for c in chunks.values() for ch in c for r in ch["replicas"]), \
+                f"{victim}, with room again, got none of the new replicas: {chunks}"
+            assert await read_files(config, list(more)) == more
+            print("F9: " + " | ".join(line.strip() for line in report.splitlines() if "full" in line))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+

@@ -34,6 +34,11 @@ def assess(mds: Mapping[str, Mapping[str, Any] | None], chunks: Mapping[str, int
         reasons.append("no chunkservers registered")
     elif online < total:
         reasons.append(f"{total - online} of {total} chunkservers not online")
+    if chunks.get("cs_full"):
+        reasons.append(f"{chunks['cs_full']} chunkserver(s) full (90 % or more): no new replicas go there; "
+                       "free space or add chunkservers")
+    if chunks.get("cs_nearfull"):
+        reasons.append(f"{chunks['cs_nearfull']} chunkserver(s) nearly full (85 % or more)")
     if chunks.get("lost"):
         reasons.append(f"{chunks['lost']} chunk(s) lost: no good replica")
     for key, what in (("backlog_last_copy", "with one copy left"), ("backlog_below_min", "below their minimum"),

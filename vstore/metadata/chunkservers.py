@@ -38,7 +38,7 @@ from vstore.errors import Busy, InvalidArgument, NotFound, NotPermitted, StaleVe
 from vstore.metadata.fsm import namespace as ns
 from vstore.metadata.fsm.schema import Chunk, CsRecord
 from vstore.metadata.liveness import CsLiveness, HeartbeatOutcome
-from vstore.metadata.placement import CsId, CsState, CsStatus, ReplicaPolicy
+from vstore.metadata.placement import FULL_RATIO_MAX, NEARFULL_RATIO, CsId, CsState, CsStatus, ReplicaPolicy
 from vstore.metadata.repair import (ChunkState, CsTally, JobKind, Limits, RepairPlan, Replica, Urgency, cs_tallies,
                                     plan_repairs)
 from vstore.net.rpc import RequestContext
@@ -870,6 +870,11 @@ class ChunkserverManager:
                # a draining server heartbeats: online, not a fault (the operator is moving it out)
                "cs_online": sum(1 for cs in servers if cs.status in (CsStatus.ONLINE, CsStatus.DRAINING)),
                "cs_draining": sum(1 for cs in servers if cs.status is CsStatus.DRAINING),
+               # space, among the servers that hold data: full = no new replicas placed there
+               "cs_nearfull": sum(1 for cs in servers if cs.status is not CsStatus.FAILED
+                                  and NEARFULL_RATIO <= cs.used_ratio < FULL_RATIO_MAX),
+               "cs_full": sum(1 for cs in servers if cs.status is not CsStatus.FAILED
+                              and cs.used_ratio >= FULL_RATIO_MAX),
                "chunks_total": self.chunks_total, "rebuilding": len(self._copying), **self.stats}
         out.update({f"backlog_{u.name.lower()}": n for u, n in plan.backlog.items()})
         return out

@@ -24,6 +24,8 @@ ChunkId = NewType("ChunkId", int)
 
 #: No new replica goes to a chunkserver filled beyond this fraction of its capacity.
 FULL_RATIO_MAX = 0.90
+#: Filled beyond this, a chunkserver is reported nearly full (status degraded: act before it is full).
+NEARFULL_RATIO = 0.85
 
 
 class CsStatus(enum.Enum):
