@@ -42,7 +42,8 @@ bench: install
 soak: install
 	VSTORE_SIM_SEEDS=$${SEEDS:-3000} $(PY) -m pytest tests/unit/raft/test_raft_sim.py -q -x
 	mkdir -p bench/results
-	VSTORE_THRASH_S=$${THRASH_S:-1800} VSTORE_F7_PAUSE_S=60 \
+	VSTORE_THRASH_S=$${THRASH_S:-1800} VSTORE_F3_PAUSE_S=80 VSTORE_F4_PARTITION_S=30 VSTORE_F7_PAUSE_S=60 \
+	  VSTORE_PAGES_MIB=256 \
 	  VSTORE_NEMESIS_MEASURE=$(CURDIR)/bench/results/soak.json \
 	  $(PY) -m pytest tests/fault/test_nemesis_rows.py -q -s -p no:cacheprovider
 
