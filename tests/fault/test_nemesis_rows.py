@@ -49,8 +49,8 @@ PAGES_IMG_BYTES = int(os.environ.get("VSTORE_PAGES_MIB", "64")) * MIB
 #: a new leader within this long of losing the old one: 3 × the 5 s target (RELIABILITY.md F1, §8)
 LEADER_BOUND_S = 15
 #: fault lengths: the default suite's short versions; ``make soak`` runs RELIABILITY.md's long ones
-F3_PAUSE_S = int(os.environ.get("VSTORE_F3_PAUSE_S", "15"))
-F4_PARTITION_S = int(os.environ.get("VSTORE_F4_PARTITION_S", "20"))
+F3_PAUSE_S = int(os.environ.get("VSTORE_F3_PAUSE_S", "10"))
+F4_PARTITION_S = int(os.environ.get("VSTORE_F4_PARTITION_S", "12"))
 #: longer than the harness's cs_failed_after_s (8 s): the MDS declares the zombie failed and
 #: rebuilds while it sleeps (RELIABILITY.md says 30-80 s; the soak runs those)
 F7_PAUSE_S = int(os.environ.get("VSTORE_F7_PAUSE_S", "12"))
@@ -240,7 +240,7 @@ def test_f1_killing_the_mds_leader_mid_write_loses_no_acknowledged_op(row: Row) 
 # ---- F3 ---------------------------------------------------------------------------------------
 
 def test_f3_a_paused_mds_leader_is_replaced_and_serves_no_stale_read_when_it_wakes(row: Row) -> None:
-    """F3: SIGSTOP the MDS leader for 15 s (a GC pause), then SIGCONT. The majority elects a
+    """F3: SIGSTOP the MDS leader for F3_PAUSE_S (10 s; 80 s in make soak: a GC pause), then SIGCONT. The majority elects a
     new leader and the workload goes on; the old leader steps down on the first higher term.
     Right after SIGCONT, a client that knows only the old leader lists the workers'
     directories, and both mounts read every file: the listing is judged with the metadata
@@ -318,7 +318,7 @@ def test_f4_an_mds_leader_partitioned_from_the_majority_never_acknowledges_and_d
     """F4: cut the MDS leader's host off from every other host but client-2's (nftables in its
     namespace: ``both`` directions, or ``in`` only: it still sends but hears nothing), and
     cut client-2 off from the majority's MDS, so client-2 is a client on the minority side.
-    For 20 s: the majority elects a leader within the bound and client-1's workload goes on;
+    For F4_PARTITION_S (12 s; 30 s in make soak): the majority elects a leader within the bound and client-1's workload goes on;
     client-2 gets no acknowledgement at all. Then heal: the old leader follows, and every MDS
     ends at one state hash; no acknowledged op is lost on either side.
 
