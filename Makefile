@@ -23,9 +23,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo bench soak install system-packages clean
 
+# Two pytest workers, one test file each at a time (a module's cluster stays in one worker):
+# most tests wait on real timers and processes, so two run in about the time of one.
+# JOBS=0 runs serially; ordinary pytest runs (no -n) are serial too.
+JOBS ?= 2
+
 test: install
 	$(PY) -m ruff check vstore tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile
 
 demo: install
 	$(VENV)/bin/vstore demo
