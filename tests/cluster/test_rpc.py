@@ -414,3 +414,47 @@ async def test_the_liveness_probe_keeps_a_slow_peer_and_leaves_a_silent_one_befo
     with pytest.raises(ValueError):
         RpcClient((host, port), Auth(SECRET, Identity(CLUSTER, "c", "client")), expected_role="mds",
                   probe_after_s=3.0, dead_after_s=3.0)
+
+
+async def test_a_leader_caller_tries_a_stopped_mds_once_even_when_a_follower_still_names_it(expect_log) -> None:
+    """F3 from the caller's side: a stopped MDS accepts TCP connections (the kernel does) and
+    answers nothing, so each attempt on it costs a handshake timeout; a follower that has not
+    noticed yet still names it as the leader. After one failed attempt the caller tries it
+    last and disregards that hint, and reaches the new leader instead of bouncing."""
+    from vstore.errors import NotLeader
+    from vstore.net.leader import LeaderCaller
+    expect_log("net.connection_closed")   # "no handshake within 1 s": the one attempt on it
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)   # kept open, never answered: a SIGSTOPped process
+
+    stopped = await asyncio.start_server(silent, "127.0.0.1", 0)
+    stopped_address = "127.0.0.1:%d" % stopped.sockets[0].getsockname()[1]
+    follower_router = Router()
+
+    async def not_leader(ctx: RequestContext, msg: Message, payload: bytes) -> Reply:
+        raise NotLeader("not the leader", details={"leader": stopped_address})
+
+    follower_router.add(PingRequest, not_leader)
+    limits = Limits(handshake_timeout_s=1.0)
+    servers = [RpcServer(follower_router, Auth(SECRET, Identity(CLUSTER, "mds-2", "mds")),
+                         allowed_roles=frozenset({"client"}), limits=limits),
+               RpcServer(Router(), Auth(SECRET, Identity(CLUSTER, "mds-3", "mds")), allowed_roles=frozenset({"client"}),
+                         limits=limits)]
+    addresses = [await server.start("127.0.0.1", 0) for server in servers]
+    caller = LeaderCaller([tuple(int(x) if i else x for i, x in enumerate(stopped_address.split(":"))),  # type: ignore[misc]
+                           *addresses], Auth(SECRET, Identity(CLUSTER, "c", "client")), deadline_s=20.0,
+                          attempt_deadline_s=5.0, limits=limits)
+    try:
+        for _ in range(5):
+            reply = await caller.call(PingRequest())
+            assert isinstance(reply, PingReply) and reply.node_id == "mds-3"
+        assert len(accepted) == 1, f"the stopped MDS was tried {len(accepted)} times"
+    finally:
+        await caller.close_connections()
+        for server in servers:
+            await server.close()
+        stopped.close()
+        for writer in accepted:
+            writer.close()

@@ -25,9 +25,7 @@ log shows ``failpoint.fired``. Logs of every process are printed when a test fai
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import call_failed
+from tests.harness.mdsload import WriterLoad
 from tests.harness.fsprocs import FsCluster, cs_config, read_files, write_files
 from tests.harness.mdsprocs import MdsProcCluster
 from tests.harness.procs import vstore
@@ -209,40 +208,21 @@ async def test_a_slow_fsync_on_one_chunkserver_slows_writes_without_errors_or_fa
 # ---- metadata servers (three MDS) ----------------------------------------------------------------
 
 
-class MetadataLoad:
-    """Writers that mkdir and create ``<writer>-<n>`` entries in one directory through
-    exactly-once lanes, recording what was acknowledged (name -> inode). Any error is a
-    failure of the invariant under test: the client must ride through the crash."""
+class MetadataLoad(WriterLoad):
+    """Writers that mkdir and create ``<writer>-<n>`` entries in one directory, recording
+    what was acknowledged (name -> inode)."""
 
     def __init__(self, links: list[MdsLink], directory: int, writers_per_link: int = 4) -> None:
-        self.directory = directory
         self.acked: dict[bytes, int] = {}
-        self.errors: list[BaseException] = []
-        self._stop = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._writer(link, f"{i}-{j}"))
-                       for i, link in enumerate(links) for j in range(writers_per_link)]
+        super().__init__(links, directory, writers_per_link)
 
-    async def _writer(self, link: MdsLink, name: str) -> None:
-        try:
-            for n in itertools.count():
-                if self._stop.is_set():
-                    return
-                entry = f"{name}-{n}".encode()
-                attr = await (link.mkdir(self.directory, entry) if n % 3 == 0 else link.create(self.directory, entry))
-                self.acked[entry] = attr.inode
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.errors.append(exc)
-            raise
+    async def step(self, link: MdsLink, name: str, n: int) -> None:
+        entry = f"{name}-{n}".encode()
+        attr = await (link.mkdir(self.directory, entry) if n % 3 == 0 else link.create(self.directory, entry))
+        self.acked[entry] = attr.inode
 
-    async def until(self, count: int, timeout_s: float = 60.0) -> None:
-        await wait_for(lambda: len(self.acked) >= count or self.errors, timeout_s=timeout_s,
-                       what=lambda: f"{count} acknowledged operations (have {len(self.acked)})")
-        assert not self.errors, f"a writer failed: {self.errors[0]!r}"
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        assert not self.errors, f"a writer failed: {self.errors[0]!r}"
+    def count(self) -> int:
+        return len(self.acked)
 
     async def check(self, link: MdsLink) -> None:
         """Every acknowledged entry exactly once, with the inode its reply named; nothing else."""

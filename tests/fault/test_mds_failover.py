@@ -11,13 +11,12 @@ hash. Logs of every process are printed when a test fails.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import call_failed
+from tests.harness.mdsload import WriterLoad
 from tests.harness.mdsprocs import MdsProcCluster
 from tests.harness.wait import wait_for
 from vstore.client.mds_link import MdsLink
@@ -32,48 +31,30 @@ async def mds(tmp_path: Path, request: pytest.FixtureRequest):
         yield cluster
 
 
-class Workload:
+class Workload(WriterLoad):
     """Writers that create ``w<writer>-<n>`` in one directory and rename every second one to
     ``r<writer>-<n>``; what was acknowledged is recorded for the checker."""
 
     def __init__(self, links: list[MdsLink], directory: int, writers_per_link: int = 4) -> None:
-        self.directory = directory
         self.created: dict[bytes, int] = {}   # name -> inode, acknowledged creates
         self.renamed: dict[bytes, bytes] = {}  # old name -> new name, acknowledged renames
-        self.errors: list[BaseException] = []
-        self._stop = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._writer(link, f"{i}-{j}"))
-                       for i, link in enumerate(links) for j in range(writers_per_link)]
+        super().__init__(links, directory, writers_per_link)
 
-    async def _writer(self, link: MdsLink, name: str) -> None:
-        try:
-            for n in itertools.count():
-                if self._stop.is_set():
-                    return
-                file_name = f"w{name}-{n}".encode()
-                attr = await link.create(self.directory, file_name, 0o644)
-                self.created[file_name] = attr.inode
-                if n % 2:
-                    new_name = f"r{name}-{n}".encode()
-                    await link.rename(self.directory, file_name, self.directory, new_name)
-                    self.renamed[file_name] = new_name
-        except BaseException as exc:  # any error is a failure of the invariant under test
-            self.errors.append(exc)
-            raise
+    async def step(self, link: MdsLink, name: str, n: int) -> None:
+        file_name = f"w{name}-{n}".encode()
+        attr = await link.create(self.directory, file_name, 0o644)
+        self.created[file_name] = attr.inode
+        if n % 2:
+            new_name = f"r{name}-{n}".encode()
+            await link.rename(self.directory, file_name, self.directory, new_name)
+            self.renamed[file_name] = new_name
+
+    def count(self) -> int:
+        return len(self.created) + len(self.renamed)
 
     @property
     def acked(self) -> int:
-        return len(self.created) + len(self.renamed)
-
-    async def until(self, count: int, timeout_s: float = 60.0) -> None:
-        await wait_for(lambda: self.acked >= count or self.errors, timeout_s=timeout_s,
-                       what=lambda: f"{count} acknowledged operations (have {self.acked})")
-        assert not self.errors, f"a writer failed: {self.errors[0]!r}"
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        assert not self.errors, f"a writer failed: {self.errors[0]!r}"
+        return self.count()
 
     def expected(self) -> dict[bytes, int]:
         return {self.renamed.get(name, name): inode for name, inode in self.created.items()}

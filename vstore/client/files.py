@@ -326,8 +326,10 @@ class FileClient:
             log.error("client.release_flush_failed", extra={"inode": state.inode, "error": exc.message,
                                                             "dirty_bytes": state.dirty_bytes})
         finally:
-            if state.handles <= 0:
-                self._files.pop(handle.inode, None)
+            # only this state: while its flush ran, the file may have been closed by every
+            # other handle and opened again, with a new state another handle writes through
+            if state.handles <= 0 and self._files.get(handle.inode) is state:
+                del self._files[handle.inode]
             try:  # every open was counted by the MDS, so every handle is released there
                 await self.mds.mutate(lambda lane, seq: w.ReleaseRequest(uid=0, gid=0, lane=lane, seq=seq,
                                                                          inode=handle.inode, write=handle.writable))

@@ -59,7 +59,8 @@ def _guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             raise
         except VStoreError as exc:
             code = errno_of(exc.code)
-            level = logging.WARNING if code == errno.EIO else logging.DEBUG
+            # EIO and ESTALE reach the application as failures it cannot fix by itself
+            level = logging.WARNING if code in (errno.EIO, errno.ESTALE) else logging.DEBUG
             log.log(level, "fuse.request_failed", extra={"op": name, "errno": errno.errorcode.get(code, code),
                                                          "error": f"{exc.code.name}: {exc.message}"})
             raise pyfuse3.FUSEError(code) from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Iterable, Sequence
 
 from vstore.errors import Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable
@@ -34,6 +35,8 @@ RETRYABLE = (NotLeader, Unavailable, ConnectionLost, Busy, DeadlineExceeded)
 #: about as long, so the callers come back about when the new leader can serve.
 PROBE_AFTER_S = 1.0
 DEAD_AFTER_S = 3.0
+#: An MDS that just failed a call is tried last among the seeds for this long.
+SUSPECT_S = 10.0
 #: Retrying longer than this is worth a WARNING (someone should look): a leader election
 #: with the default timing takes 1-3 s.
 WARN_AFTER_S = 10.0
@@ -55,6 +58,8 @@ class LeaderCaller:
         self._clients = RpcClients(auth, expected_role="mds", limits=limits, default_deadline_s=attempt_deadline_s,
                                    probe_after_s=PROBE_AFTER_S, dead_after_s=DEAD_AFTER_S)
         self._leader: str | None = None
+        #: address -> until when (monotonic) it is tried last: it just failed (not NotLeader)
+        self._suspect: dict[str, float] = {}
         self._turn = 0
         self.stats = {"calls": 0, "retries": 0, "redirects": 0}
 
@@ -77,9 +82,22 @@ class LeaderCaller:
         return self._clients.get(address)
 
     def _target(self) -> str:
+        """The known leader; else the next seed in turn that has not just failed (while any
+        has not: a stopped MDS accepts TCP connections and then answers nothing, so each
+        attempt on it costs a handshake timeout, for every caller that tries it)."""
         if self._leader is not None:
             return self._leader
-        address = self._seeds[self._turn % len(self._seeds)]
+        now = time.monotonic()
+        for address in self._suspect.copy():
+            if self._suspect[address] <= now:
+                del self._suspect[address]
+        n = len(self._seeds)
+        for k in range(n):
+            address = self._seeds[(self._turn + k) % n]
+            if address not in self._suspect:
+                self._turn += k + 1
+                return address
+        address = min(self._seeds, key=lambda a: self._suspect.get(a, 0.0))   # all failed lately
         self._turn += 1
         return address
 
@@ -103,10 +121,13 @@ class LeaderCaller:
             try:
                 reply = await self._client(target).call(msg, payload, deadline_s=max(0.05, min(
                     self.attempt_deadline_s, left)))
+                self._suspect.pop(target, None)
                 self._leader = target
                 return reply
             except NotLeader as exc:
                 hint = exc.leader
+                if hint and self._suspect.get(hint, 0.0) > time.monotonic():
+                    hint = ""   # a follower that has not noticed yet: the one named just failed us
                 self._leader = hint if hint and hint != target else None
                 if hint and hint not in self._seeds:
                     self._seeds.append(hint)
@@ -115,6 +136,8 @@ class LeaderCaller:
                     continue  # straight to the named leader, no backoff
             except RETRYABLE as exc:
                 self._leader = None
+                if not isinstance(exc, Busy):   # it answered: busy is not down
+                    self._suspect[target] = time.monotonic() + SUSPECT_S
                 last = exc
                 # an election takes a second or two: quiet until the wait is longer than that
                 waited = budget - (deadline - loop.time())
