@@ -227,7 +227,9 @@ def from_wire(reply: ErrorReply) -> VStoreError:
         exc.file = str(reply.details.get("file", ""))  # type: ignore[attr-defined]
         exc.key = str(reply.details.get("key", ""))  # type: ignore[attr-defined]
         return exc
-    exc = cls(reply.message, details=dict(reply.details))
+    # peer_silent describes the sender's own peer (the transport sets it on a local timeout):
+    # the sender itself answered, so it does not travel on
+    exc = cls(reply.message, details={k: v for k, v in reply.details.items() if k != "peer_silent"})
     return exc
 
 

@@ -498,6 +498,7 @@ def test_f7_a_stopped_chunkserver_is_left_mid_write_and_its_copies_are_stale_by_
     row.wait_progress("the workload under way", after=0, acked=20, meta=10)
     before = {ch["chunk_id"]: ch["version"] for chunks in c.replicas(f"/{row.top}").values() for ch in chunks}
     victim = row.rng.choice(c.hosts_holding(f"/{row.top}"))
+    marks = {n: (c.logs / f"{n}.log").stat().st_size for n in c.mds_names}
     stopped_at = time.monotonic()
     c.stop(victim)
     row.wait_progress(f"the workload going on with {victim} stopped", after=time.monotonic(), acked=15, meta=5)
@@ -513,10 +514,15 @@ def test_f7_a_stopped_chunkserver_is_left_mid_write_and_its_copies_are_stale_by_
     backwards = {cid: (v, after[cid]) for cid, v in before.items() if cid in after and after[cid] < v}
     assert not backwards, f"chunk versions went backwards (before, after): {backwards}"
     stall = work.stall_s(stopped_at)
-    MEASURED.append({"fault": "F7", "victim": victim, "pause_s": F7_PAUSE_S, "io_resumed_after_s": round(stall, 2)})
     print(f"F7: {victim} stopped {F7_PAUSE_S} s; the application was held {stall:.1f} s at most; woken, it "
           f"refused all {unlisted} chunks it no longer holds for the MDS")
     _finish(row)
+    rebuilds = [dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+                for n in c.mds_names for line in (c.logs / f"{n}.log").read_bytes()[marks[n]:].decode(
+                    errors="replace").splitlines() if "event=rebuild.finished " in line]
+    MEASURED.append({"fault": "F7", "victim": victim, "pause_s": F7_PAUSE_S, "io_resumed_after_s": round(stall, 2),
+                     "full_replication_after_s": round(time.monotonic() - stopped_at, 1),
+                     "rebuilds": [{k: r.get(k) for k in ("seconds", "copied_mib", "mib_s")} for r in rebuilds]})
 
 
 # ---- F20 --------------------------------------------------------------------------------------

@@ -265,7 +265,8 @@ class Connection(asyncio.BufferedProtocol):
                 self.send(welcome, frame.request_id, flags=FLAG_REPLY)
         except TimeoutError:
             self._refuse(f"no handshake within {self.limits.handshake_timeout_s:g} s", None)
-            raise DeadlineExceeded(f"handshake with {self.peer_address} timed out") from None
+            raise DeadlineExceeded(f"handshake with {self.peer_address} timed out",
+                                   details={"peer_silent": 1}) from None
         except AuthFailed as exc:
             self._refuse(f"authentication failed: {exc.message}", exc)
             raise
@@ -304,7 +305,8 @@ class Connection(asyncio.BufferedProtocol):
                 session = hs.on_welcome(welcome.message)
         except TimeoutError:
             self.abort(f"no handshake within {self.limits.handshake_timeout_s:g} s", level=logging.WARNING)
-            raise DeadlineExceeded(f"handshake with {self.peer_address} timed out") from None
+            raise DeadlineExceeded(f"handshake with {self.peer_address} timed out",
+                                   details={"peer_silent": 1}) from None
         except VStoreError as exc:
             # The caller (RpcClient) raises this to whoever asked for the connection and
             # logs authentication failures once; no second warning here.

@@ -21,7 +21,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 
-from vstore.errors import Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable
+from vstore.errors import Busy, ConnectionLost, DeadlineExceeded, NotLeader, Unavailable, VStoreError
 from vstore.net.connection import Auth, Limits
 from vstore.net.rpc import Reply, RpcClient, RpcClients
 from vstore.wire import Message
@@ -35,8 +35,19 @@ RETRYABLE = (NotLeader, Unavailable, ConnectionLost, Busy, DeadlineExceeded)
 #: about as long, so the callers come back about when the new leader can serve.
 PROBE_AFTER_S = 1.0
 DEAD_AFTER_S = 3.0
-#: An MDS that just failed a call is tried last among the seeds for this long.
-SUSPECT_S = 10.0
+#: An MDS that just answered nothing (no connection, no handshake, no reply, a silent
+#: connection) is tried last among the seeds, and hints naming it are disregarded, for this
+#: long: about an election's length, after which followers name the new leader. Short, so a
+#: restarted MDS that wins the next election is not shunned for long.
+SUSPECT_S = 3.0
+
+
+def _unanswering(exc: VStoreError) -> bool:
+    """The MDS gave no sign of life (``peer_silent``, set by the transport: no connection, no
+    handshake, no reply in time, a connection the liveness probe found silent). A reset
+    connection or an error it answered with is not that: the peer is there, and a reset
+    from a flaky network must not turn a live leader away."""
+    return bool(exc.details.get("peer_silent"))
 #: Retrying longer than this is worth a WARNING (someone should look): a leader election
 #: with the default timing takes 1-3 s.
 WARN_AFTER_S = 10.0
@@ -136,7 +147,7 @@ class LeaderCaller:
                     continue  # straight to the named leader, no backoff
             except RETRYABLE as exc:
                 self._leader = None
-                if not isinstance(exc, Busy):   # it answered: busy is not down
+                if _unanswering(exc):
                     self._suspect[target] = time.monotonic() + SUSPECT_S
                 last = exc
                 # an election takes a second or two: quiet until the wait is longer than that

@@ -41,6 +41,9 @@ from vstore.wire.frames import FLAG_ONEWAY, FLAG_REPLY, MAX_REQUEST_ID
 
 log = logging.getLogger(__name__)
 
+#: how a connection closed by the liveness probe says so (ConnectionLost details: peer_silent)
+SILENT_REASON = "nothing received"
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -332,7 +335,8 @@ class RpcClient:
                     await conn.drain()
                 return await future
         except TimeoutError:
-            raise DeadlineExceeded(f"{type(msg).__name__} to {self.name}: no reply within {deadline:g} s") from None
+            raise DeadlineExceeded(f"{type(msg).__name__} to {self.name}: no reply within {deadline:g} s",
+                                   details={"peer_silent": 1}) from None
         finally:
             self._pending.pop(request_id, None)
 
@@ -380,7 +384,7 @@ class RpcClient:
         quiet_s = loop.time() - max(conn.last_received, since)
         if quiet_s >= self.dead_after_s:
             self.stats["declared_dead"] += 1
-            conn.abort(f"nothing received for {quiet_s:.1f} s with calls in flight (a probe went unanswered)",
+            conn.abort(f"{SILENT_REASON} for {quiet_s:.1f} s with calls in flight (a probe went unanswered)",
                        level=logging.INFO)
             return
         if quiet_s >= self.probe_after_s and (self._probe is None or self._probe.done()):
@@ -420,7 +424,8 @@ class RpcClient:
                                                        server_hostname=host if self.ssl_context else None)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self._note_failure(loop)
-            raise Unavailable(f"cannot connect to {self.name}: {exc or type(exc).__name__}") from None
+            raise Unavailable(f"cannot connect to {self.name}: {exc or type(exc).__name__}",
+                              details={"peer_silent": 1}) from None
         try:
             session = await conn.handshake_as_client(self.auth, self.expected_role)
         except VStoreError as exc:
@@ -456,8 +461,10 @@ class RpcClient:
     def _on_closed(self, conn: Connection) -> None:
         if self._conn is conn:
             self._conn = None
+        silent = bool(conn.close_reason and conn.close_reason.startswith(SILENT_REASON))
         self._fail_pending(ConnectionLost(f"connection to {self.name} lost with the request in flight "
-                                          f"({conn.close_reason})"), conn)
+                                          f"({conn.close_reason})", details={"peer_silent": 1} if silent else {}),
+                           conn)
 
     def _fail_pending(self, exc: VStoreError, conn: Connection | None = None) -> None:
         """Fail the calls in flight on ``conn`` (all of them when None)."""
