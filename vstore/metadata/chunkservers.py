@@ -715,9 +715,11 @@ class ChunkserverManager:
                            and r.version == chunk.version)
             if not failed or chunk.chunk_id in self.write_leases or chunk.chunk_id in self._busy_chunks:
                 continue
-            good = [r for r in chunk.replicas if r.version == chunk.version and not r.damaged
-                    and status.get(r.cs_id) in (CsStatus.ONLINE, CsStatus.OFFLINE, CsStatus.DRAINING)]
-            if len(good) < chunk.policy.replicas:
+            # the chunk's policy met by replicas that can follow the bump now (an offline one
+            # could not; wait for it, or for its server to fail too)
+            live = [r.cs_id for r in chunk.replicas if r.version == chunk.version and not r.damaged
+                    and status.get(r.cs_id) in (CsStatus.ONLINE, CsStatus.DRAINING)]
+            if len(live) < chunk.policy.replicas:
                 continue
             if budget <= 0:
                 break
@@ -731,13 +733,17 @@ class ChunkserverManager:
                 continue
             log.info("chunk.failed_holders_dropped", extra={"chunk": chunk.chunk_id, "cs_ids": list(failed),
                                                              "version": chunk.version + 1})
-            # the survivors follow the new version now; one that misses it reports itself
-            # behind and is brought up by _sweep_behind (its bytes are the chunk's: no write
-            # came between, the chunk holds no lease)
-            live = [r.cs_id for r in good if status.get(r.cs_id) in (CsStatus.ONLINE, CsStatus.DRAINING)]
-            bumps.append(self.bump_versions(chunk.chunk_id, live, chunk.version, chunk.version + 1))
+            # the survivors follow the new version now; as after a chain repair, one that
+            # misses the bump is dropped (the planner copies the chunk again): nothing else
+            # would bring this replica's version forward until its server reports again
+            bumps.append(self._bump_or_drop(chunk.chunk_id, live, chunk.version))
         if bumps:
             await asyncio.gather(*bumps)
+
+    async def _bump_or_drop(self, chunk_id: int, replicas: list[CsId], version: int) -> None:
+        missed = await self.bump_versions(chunk_id, replicas, version, version + 1)
+        if missed:
+            await self.drop_replicas(chunk_id, missed, reason="missed the version bump that took out a failed holder")
 
     def _listed(self, chunk_id: int) -> tuple[int, ...]:
         try:
