@@ -171,18 +171,26 @@ class Passthrough(pyfuse3.Operations):
         return None
 
 
-async def main(source: str, mountpoint: str) -> None:
+async def serve(fs: pyfuse3.Operations, mountpoint: str, fsname: str,
+                signals: dict[int, Callable[[], None]] | None = None) -> None:
+    """Mount ``fs`` and serve it until unmounted or SIGTERM/SIGINT; ``signals``: more
+    handlers (signal -> callback) on the loop. Prints "ready" once mounted."""
     pyfuse3.asyncio.enable()
-    pyfuse3.init(Passthrough(os.path.abspath(source)), mountpoint,
-                 set(pyfuse3.default_options) | {"fsname=passthrough"})
+    pyfuse3.init(fs, mountpoint, set(pyfuse3.default_options) | {f"fsname={fsname}"})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pyfuse3.terminate)
+    for sig, callback in (signals or {}).items():
+        loop.add_signal_handler(sig, callback)
     print("ready", flush=True)
     try:
         await pyfuse3.main()
     finally:
         pyfuse3.close(unmount=True)
+
+
+async def main(source: str, mountpoint: str) -> None:
+    await serve(Passthrough(os.path.abspath(source)), mountpoint, "passthrough")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pyfuse3
-import pyfuse3.asyncio
 
-from bench.passthrough import Passthrough, _os
+from bench.passthrough import Passthrough, _os, serve
 
 SECTOR = 512
 REPO = Path(__file__).resolve().parents[2]
@@ -187,18 +186,9 @@ class LazyMount:
 
 async def main(source: str, mountpoint: str, seed: int) -> None:
     fs = LazyFs(os.path.abspath(source), seed)
-    pyfuse3.asyncio.enable()
-    pyfuse3.init(fs, mountpoint, set(pyfuse3.default_options) | {"fsname=lazyfs"})
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, pyfuse3.terminate)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: print(f"crashed {fs.crash(torn=False)} files", flush=True))
-    loop.add_signal_handler(signal.SIGUSR2, lambda: print(f"torn {fs.crash(torn=True)} files", flush=True))
-    print("ready", flush=True)
-    try:
-        await pyfuse3.main()
-    finally:
-        pyfuse3.close(unmount=True)
+    await serve(fs, mountpoint, "lazyfs", {
+        signal.SIGUSR1: lambda: print(f"crashed {fs.crash(torn=False)} files", flush=True),
+        signal.SIGUSR2: lambda: print(f"torn {fs.crash(torn=True)} files", flush=True)})
 
 
 if __name__ == "__main__":
