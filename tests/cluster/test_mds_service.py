@@ -187,6 +187,32 @@ async def test_a_session_cut_off_past_its_expiry_learns_whether_its_last_mutatio
     assert [e.name for e in await link.readdir(ROOT_INODE)] == [b"late"]
 
 
+async def test_a_link_whose_session_was_expired_is_fenced_reads_included_until_a_new_session(
+        one: MdsInProcCluster, expect_log) -> None:
+    """After the MDS refused this link's session as expired, every call fails with the same
+    StaleHandle, a lookup of a name that exists included: the kernel's ESTALE retry of a
+    create would otherwise find the file its refused create made and say EEXIST (F4)."""
+    expect_log("client.session_fenced")
+    link = await one.link()
+    await link.create(ROOT_INODE, b"before")
+    assert link._keepalive_task is not None
+    link._keepalive_task.cancel()   # the link goes silent, as a client cut off from the MDS does
+    service = one.server("m1").service
+    await wait_for(lambda: service.sm.session_expired(link.session), timeout_s=20, what="the silent session expired")
+    with pytest.raises(StaleHandle):
+        await link.create(ROOT_INODE, b"after")
+    assert link.fenced is not None
+    reads = service.stats["reads"]
+    with pytest.raises(StaleHandle) as info:
+        await link.lookup(ROOT_INODE, b"before")
+    assert link.session.hex() in info.value.message
+    assert service.stats["reads"] == reads, "a fenced link does not ask the MDS"
+    fresh = await one.link()
+    assert (await fresh.lookup(ROOT_INODE, b"before")).inode > ROOT_INODE
+    assert [e.name for e in await fresh.readdir(ROOT_INODE)] == [b"before"]
+    await link.close()   # no SessionClose is sent for a fenced session
+
+
 async def test_followers_redirect_to_the_leader_and_replicas_agree(three: MdsInProcCluster) -> None:
     leader = await three.leader()
     follower = next(n for n in three.ids if n != leader)

@@ -13,6 +13,15 @@ old attempt that surfaces later is then refused as stale, never applied).
 
 The session is kept alive by a keepalive every third of the MDS's expiry period; when the
 client dies the session expires and the MDS releases its open files.
+
+Fencing. A client cut off for longer than the expiry period comes back to a session the MDS
+has expired: its lanes are refused (except the retry of a lane's last command, answered from
+its record). From the first such refusal the link is *fenced*: every later call fails here
+with the same StaleHandle (ESTALE) until the file system is mounted again, reads included.
+Without that, the kernel's one retry of a path operation that failed with ESTALE
+(``LOOKUP_REVAL``) would look the name up again and answer from what it finds: a create
+whose mknod was applied but whose open was refused would come back as EEXIST, a wrong
+answer where ESTALE is an honest one.
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from vstore.errors import VStoreError
+from vstore.errors import StaleHandle, VStoreError
 from vstore.net import Auth, Limits
 from vstore.net.leader import RETRYABLE, LeaderCaller
+from vstore.net.rpc import Reply
 from vstore.wire import Message
 from vstore.wire import mds as w
 
@@ -64,6 +74,8 @@ class MdsLink(LeaderCaller):
             self._free.put_nowait(_Lane(f"{self.session.hex()}/{n}"))
         self._keepalive_task: asyncio.Task[None] | None = None
         self.expire_after_s: float = 30.0
+        #: the refusal that fenced this link (module docstring), None while the session lives
+        self.fenced: StaleHandle | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -79,7 +91,7 @@ class MdsLink(LeaderCaller):
             self._keepalive_task.cancel()
             await asyncio.gather(self._keepalive_task, return_exceptions=True)
             self._keepalive_task = None
-        if expire_session:
+        if expire_session and self.fenced is None:
             try:
                 await self.call(w.SessionCloseRequest(session=self.session), deadline_s=5.0)
             except VStoreError as exc:
@@ -94,12 +106,26 @@ class MdsLink(LeaderCaller):
         self.learn(reply.mds.values())
 
     async def _keepalive_loop(self) -> None:
-        while True:
+        while self.fenced is None:
             await asyncio.sleep(max(0.2, self.expire_after_s / 3))
             try:
                 await self._keepalive_once()
             except VStoreError as exc:
-                log.warning("client.keepalive_failed", extra={"error": exc.message})
+                if self.fenced is None:
+                    log.warning("client.keepalive_failed", extra={"error": exc.message})
+
+    # ---- fencing ---------------------------------------------------------------------------------
+
+    async def call_reply(self, msg: Message, payload: bytes = b"", *, deadline_s: float | None = None) -> Reply:
+        if self.fenced is not None:
+            raise StaleHandle(self.fenced.message, details=dict(self.fenced.details))
+        try:
+            return await super().call_reply(msg, payload, deadline_s=deadline_s)
+        except StaleHandle as exc:
+            if f"client session {self.session.hex()} " in exc.message and self.fenced is None:
+                self.fenced = exc
+                log.warning("client.session_fenced", extra={"session": self.session.hex(), "error": exc.message})
+            raise
 
     # ---- calls -----------------------------------------------------------------------------------
 
