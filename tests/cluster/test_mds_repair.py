@@ -87,8 +87,9 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path):
-    async with MdsInProcCluster(tmp_path, ("m1",), mds_extra=TIMERS, chunk_bytes=1 << 20).serving() as cluster:
+async def rig(tmp_path: Path, request: pytest.FixtureRequest):
+    timers = {**TIMERS, **getattr(request, "param", {})}
+    async with MdsInProcCluster(tmp_path, ("m1",), mds_extra=timers, chunk_bytes=1 << 20).serving() as cluster:
         rig = Rig(cluster)
         try:
             yield rig
@@ -238,6 +239,34 @@ async def test_a_chain_repair_drops_the_failed_replica_bumps_the_survivors_and_t
     await wait_for(refilled, timeout_s=30, what="the chunk back at 3 replicas at the new version")
     for cs_id in (await rig.chunks())[cid][1]:
         assert rig.by_id()[cs_id].chunks[cid][0] == version + 1
+
+
+@pytest.mark.parametrize("rig", [{"cs_failed_after_s": 60, "write_lease_s": 60}], indirect=True)
+async def test_a_survivor_that_misses_a_chain_repairs_bump_is_fenced_off_by_one_more(rig: Rig, expect_log) -> None:
+    """A survivor stopped with the bump order in its socket (SIGSTOP, F7) misses the 5 s
+    wait: it is taken out with a second bump among the others, so when it wakes and runs the
+    order its copy is one version behind the chunk, not at its version with old bytes."""
+    expect_log("chunk.replica_dropped")
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    inode = await rig.write_file(link, b"f", 1, release=False)
+    ((cid, (version, chain)),) = (await rig.chunks()).items()
+    head, zombie, failed = chain
+    by_id = rig.by_id()
+    by_id[zombie].pause()
+    reply = await link.mutate(lambda lane, seq: w.RepairChainRequest(uid=0, gid=0, lane=lane, seq=seq, inode=inode,
+                                                                     chunk_id=cid, version=version, failed=(failed,)))
+    assert isinstance(reply, w.ChunkReply)
+    assert reply.chunk.version == version + 2, "the survivor that missed the bump was fenced off by a second"
+    listed = [r.cs_id for r in reply.chunk.replicas]
+    assert listed == [head]
+    assert by_id[head].chunks[cid][0] == version + 2
+    assert (await rig.chunks())[cid][0] == version + 2
+    by_id[zombie].resume()
+    await wait_for(lambda: any(o.kind == w.OrderKind.SET_VERSION and o.chunk_id == cid
+                               for o in by_id[zombie].orders_done), timeout_s=10, what="the late order run")
+    assert by_id[zombie].chunks[cid][0] == version + 1, "its late bump leaves it a version behind: never served"
 
 
 async def test_truncate_cuts_and_bumps_the_boundary_chunk_and_dooms_the_rest(rig: Rig) -> None:

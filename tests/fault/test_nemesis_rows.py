@@ -484,13 +484,6 @@ def test_f6_a_copy_ordered_to_a_chunkserver_that_just_died_does_not_block_writes
 
 # ---- F7 ---------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open vstore bug, seen once in CI (2026-12-01 19:05): the zombie, woken, served 2 chunks at their current "
-    "version while not listed. Suspected: orders the MDS queued to it before it was declared offline (a "
-    "SET_VERSION of a chain repair, or a COPY), still in its long poll's socket, run when it wakes, although the "
-    "MDS forgot them; its copy then passes for current while later writes changed the listed replicas. Clients "
-    "read only listed replicas, so no client read is affected; the fix planned is an expiry on every order "
-    "(refused by a chunkserver past it)"))
 def test_f7_a_stopped_chunkserver_is_left_mid_write_and_its_copies_are_stale_by_version_when_it_wakes(
         row: Row) -> None:
     """F7: SIGSTOP a chunkserver holding replicas of the files being written (a zombie: its

@@ -57,6 +57,17 @@ class FakeChunkserver:
         self._tasks: list[asyncio.Task[None]] = []
         self._link: LeaderCaller | None = None
         self._channel: DatagramChannel | None = None
+        #: cleared by ``pause``: a zombie (SIGSTOP) that keeps its sockets but neither beats nor executes
+        self.awake = asyncio.Event()
+        self.awake.set()
+
+    def pause(self) -> None:
+        """Stop heartbeating and executing, as a SIGSTOPped server does: a poll already
+        answered leaves its orders waiting here, run on ``resume``."""
+        self.awake.clear()
+
+    def resume(self) -> None:
+        self.awake.set()
 
     @property
     def running(self) -> bool:
@@ -104,6 +115,7 @@ class FakeChunkserver:
     async def _heartbeats(self) -> None:
         assert self._channel is not None
         while True:
+            await self.awake.wait()
             used = sum(len(d) for _, d in self.chunks.values())
             beat = Heartbeat(node_id=self.node_id, role="cs",
                              gauges={"capacity_bytes": self.capacity_bytes, "used_bytes": used,
@@ -127,6 +139,7 @@ class FakeChunkserver:
             if reply.report_wanted:
                 await self._report(boot_id)
             for order in reply.orders:
+                await self.awake.wait()
                 code, message = self._execute(order)
                 self.orders_done.append(order)
                 with contextlib.suppress(VStoreError):

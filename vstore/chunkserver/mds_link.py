@@ -11,7 +11,9 @@
   every order's outcome goes back with OrderDone.
 * Orders: COPY (read the chunk from the source replica with the capability in the order,
   in pieces checked in transit, into a new INCOMPLETE replica; fsync; only then complete),
-  DELETE, SET_VERSION, TRUNCATE, all against the store, in its executor.
+  DELETE, SET_VERSION, TRUNCATE, all against the store, in its executor. Orders fetched
+  before a pause of this process (vstore/chunkserver/pauses.py) are refused, not run late,
+  and so is the completion of a copy that such a pause interrupted.
 
 What it must not do: change a replica except as ordered, or report a copy before it is
 complete and durable.
@@ -27,9 +29,10 @@ from typing import Any
 
 import xxhash
 
+from vstore.chunkserver.pauses import TICK_S, PauseWatch
 from vstore.chunkserver.service import ChunkDataService
 from vstore.chunkserver.store import FULL_RATIO, NEARFULL_RATIO, ChunkStore
-from vstore.errors import ChecksumMismatch, Exists, NotPermitted, VStoreError
+from vstore.errors import ChecksumMismatch, DeadlineExceeded, Exists, NotPermitted, VStoreError
 from vstore.net import Auth, RpcClient, RpcClients, parse_address
 from vstore.net.leader import LeaderCaller
 from vstore.net.dgram import DatagramChannel
@@ -80,12 +83,32 @@ class CsMdsLink:
         self._tasks: list[asyncio.Task[None]] = []
         self._peers = RpcClients(auth, expected_role="cs", default_deadline_s=30.0)
         self._fill_level = 0
-        self.stats = {"orders": 0, "orders_failed": 0, "copies": 0, "copied_bytes": 0, "deletes": 0, "reports": 0}
+        self.stats = {"orders": 0, "orders_failed": 0, "copies": 0, "copied_bytes": 0, "deletes": 0, "reports": 0,
+                      "orders_void": 0}
+        self._pauses = PauseWatch(0.0)
 
     async def start(self) -> None:
         self._channel = await DatagramChannel.bind("0.0.0.0", 0, key=self.datagram_key, sender_id=self.node_id)
+        self._pauses = PauseWatch(asyncio.get_running_loop().time())
         self._tasks = [asyncio.create_task(self._heartbeats(), name=f"cs-heartbeats-{self.node_id}"),
-                       asyncio.create_task(self._orders(), name=f"cs-orders-{self.node_id}")]
+                       asyncio.create_task(self._orders(), name=f"cs-orders-{self.node_id}"),
+                       asyncio.create_task(self._watch_pauses(), name=f"cs-pauses-{self.node_id}")]
+
+    async def _watch_pauses(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(TICK_S)
+            gap = self._pauses.tick(loop.time())
+            if gap:   # past the leader's offline_after_s (5 s) it has certainly given up on some
+                log.log(logging.WARNING if gap > 5.0 else logging.INFO, "cs.paused",
+                        extra={"seconds": round(gap, 1), "action": "orders received before it are refused"})
+
+    def _void(self, fetched_at: float) -> DeadlineExceeded | None:
+        """The refusal of an order fetched at ``fetched_at`` if this process paused since."""
+        if not self._pauses.paused_since(fetched_at, asyncio.get_running_loop().time()):
+            return None
+        return DeadlineExceeded("order received before a pause of this chunkserver (the leader may have given "
+                                "up on it meanwhile); not carried out")
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -150,7 +173,9 @@ class CsMdsLink:
         assert self._channel is not None
         boot_id = self._channel.boot_id
         removed = False
+        loop = asyncio.get_running_loop()
         while True:
+            fetched_at = loop.time()
             try:
                 reply = await self._link.call(w.FetchOrdersRequest(boot_id=boot_id, wait_ms=self.poll_wait_ms),
                                               deadline_s=30.0)
@@ -170,7 +195,7 @@ class CsMdsLink:
             if reply.report_wanted:
                 await self._report(boot_id)
             for order in reply.orders:
-                code, message = await self._execute(order)
+                code, message = await self._execute(order, fetched_at)
                 self.stats["orders"] += 1
                 if code:
                     self.stats["orders_failed"] += 1
@@ -207,8 +232,12 @@ class CsMdsLink:
         except VStoreError as exc:
             log.info("cs.report_failed", extra={"error": exc.message})
 
-    async def _execute(self, order: w.Order) -> tuple[int, str]:
+    async def _execute(self, order: w.Order, fetched_at: float) -> tuple[int, str]:
         try:
+            void = self._void(fetched_at)
+            if void is not None:
+                self.stats["orders_void"] += 1
+                raise void
             if order.kind == w.OrderKind.DELETE:
                 await self._disk(self.store.delete, order.chunk_id, at_most_version=order.version)
                 self.stats["deletes"] += 1
@@ -218,7 +247,7 @@ class CsMdsLink:
                 await self._disk(self.store.truncate, order.chunk_id, order.version, order.length_bytes,
                                  at_most_version=order.version)
             elif order.kind == w.OrderKind.COPY:
-                await self._copy(order)
+                await self._copy(order, fetched_at)
             else:
                 return 55, f"unknown order {order.kind!r}"  # ErrorCode.NOT_SUPPORTED
         except VStoreError as exc:
@@ -229,9 +258,11 @@ class CsMdsLink:
     def _peer(self, address: str) -> RpcClient:
         return self._peers.get(address)
 
-    async def _copy(self, order: w.Order) -> None:
+    async def _copy(self, order: w.Order, fetched_at: float) -> None:
         """Fetch the chunk from the source into a new INCOMPLETE replica, verified in transit
-        and by the store's own checksums as it is written; durable before it is complete."""
+        and by the store's own checksums as it is written; durable before it is complete.
+        A pause since the order was fetched leaves it incomplete (never served; deleted when
+        reported or copied again)."""
         assert order.source is not None
         source = self._peer(order.source.address)
         with contextlib.suppress(VStoreError):
@@ -259,6 +290,10 @@ class CsMdsLink:
             if len(data) < want:
                 break
         await self._disk(self.store.fsync, order.chunk_id)
+        void = self._void(fetched_at)
+        if void is not None:
+            self.stats["orders_void"] += 1
+            raise void
         await self._disk(self.store.mark_complete, order.chunk_id)
         self.stats["copies"] += 1
         self.stats["copied_bytes"] += offset

@@ -528,9 +528,8 @@ class ChunkserverManager:
                             timeout_s: float = 5.0, missing_ok: bool = False) -> list[CsId]:
         """Tell each replica to move from ``old_version`` to ``new_version`` (cutting it to
         ``truncate_to`` bytes first, for a truncate) and wait for the answers. Returns the
-        replicas that failed or did not answer in time (the caller drops them: their copy is
-        stale now). The bump itself is already committed: a replica that misses it is found
-        behind in its next report and brought up to date then.
+        replicas that failed or did not answer in time (``carry_bump`` fences them off). An
+        unanswered order still queued is withdrawn. The bump itself is already committed.
 
         ``missing_ok``: a chunkserver that has no file for the chunk counts as bumped. For a
         chain repair of a chunk nothing was ever written to: its first write failed before
@@ -540,6 +539,7 @@ class ChunkserverManager:
         kind = w.OrderKind.SET_VERSION if truncate_to is None else w.OrderKind.TRUNCATE
         loop = asyncio.get_running_loop()
         pending: dict[CsId, asyncio.Future[int]] = {}
+        orders: dict[int, asyncio.Future[int]] = {}
         for cs_id in replicas:
             order = self._order(CsId(cs_id), kind, chunk_id, new_version, length=truncate_to or 0,
                                 old_version=old_version)
@@ -549,12 +549,20 @@ class ChunkserverManager:
             if missing_ok:
                 self._missing_ok.add(order.order_id)
             pending[CsId(cs_id)] = future
+            orders[order.order_id] = future
         if pending:
             await asyncio.wait(pending.values(), timeout=timeout_s)
         failed = [cs for cs, f in pending.items() if not f.done() or f.result() != 0]
-        for future in pending.values():
-            if not future.done():
-                future.cancel()
+        for order_id, future in orders.items():
+            if future.done():
+                continue
+            future.cancel()
+            self._waiters.pop(order_id, None)
+            self._missing_ok.discard(order_id)
+            flight = self._inflight.pop(order_id, None)
+            queue = self._queues.get(flight.cs_id) if flight is not None else None
+            if flight is not None and queue and flight.order in queue:
+                queue.remove(flight.order)   # still queued: it never leaves (fetched: carry_bump fences it off)
         return failed
 
     def _expire_orders(self, now: float) -> None:
@@ -741,9 +749,49 @@ class ChunkserverManager:
             await asyncio.gather(*bumps)
 
     async def _bump_or_drop(self, chunk_id: int, replicas: list[CsId], version: int) -> None:
-        missed = await self.bump_versions(chunk_id, replicas, version, version + 1)
-        if missed:
-            await self.drop_replicas(chunk_id, missed, reason="missed the version bump that took out a failed holder")
+        await self.carry_bump(chunk_id, replicas, version, version + 1,
+                              reason="missed the version bump that took out a failed holder")
+
+    async def carry_bump(self, chunk_id: int, replicas: tuple[CsId, ...] | list[CsId], old_version: int,
+                         new_version: int, *, truncate_to: int | None = None, missing_ok: bool = False,
+                         reason: str) -> int:
+        """Carry a committed bump from ``old_version`` to ``new_version`` to ``replicas``
+        (``bump_versions``) and return the chunk's version after it.
+
+        A replica that fails or does not answer in time is taken out with one more bump among
+        those that followed (RepairChain: drop it, next version), not merely dropped: its
+        order may still run later (a SIGSTOPped server finds it in its socket when it wakes;
+        RELIABILITY F7), and would then leave an unlisted copy at the chunk's version while
+        the writes that follow change the listed ones at that same version. With the second
+        bump that late copy is one version behind, refused for reads and deleted when its
+        server reports. When no replica followed, they are dropped down to the last one
+        (``drop_replicas``), which its report brings forward later."""
+        version = new_version
+        for _ in range(3):
+            failed = await self.bump_versions(chunk_id, replicas, old_version, version, truncate_to=truncate_to,
+                                              missing_ok=missing_ok)
+            followed = [c for c in replicas if c not in failed]
+            if not failed or not followed:
+                break
+            try:
+                await self.service.propose_op(lambda now, v=version, f=tuple(failed): ns.RepairChain(
+                    uid=0, gid=0, now_ns=now, chunk_id=chunk_id, version=v, drop=f, add=(), new_version=v + 1))
+            except VStoreError as exc:  # the chunk moved on meanwhile: whoever moved it carries its bump
+                log.info("chunk.bump_fence_skipped", extra={"chunk": chunk_id, "error": exc.message})
+                return self._version(chunk_id, version)
+            for cs_id in failed:
+                log.warning("chunk.replica_dropped", extra={"chunk": chunk_id, "cs_id": cs_id, "reason": reason,
+                                                            "version": version + 1})
+            replicas, old_version, version, truncate_to = followed, version, version + 1, None
+        if failed:
+            await self.drop_replicas(chunk_id, failed, reason=reason)
+        return version
+
+    def _version(self, chunk_id: int, default: int) -> int:
+        try:
+            return self.sm.chunk(chunk_id).version
+        except NotFound:
+            return default
 
     def _listed(self, chunk_id: int) -> tuple[int, ...]:
         try:

@@ -435,10 +435,8 @@ class MetadataService:
             return
         _, chunk_id, chunk = found[0]
         manager = self._manager()
-        failed = await manager.bump_versions(chunk_id, chunk.replicas, chunk.version - 1, chunk.version,
-                                             truncate_to=chunk.length_bytes)
-        if failed:
-            await manager.drop_replicas(chunk_id, failed, reason="missed the truncate")
+        await manager.carry_bump(chunk_id, chunk.replicas, chunk.version - 1, chunk.version,
+                                 truncate_to=chunk.length_bytes, reason="missed the truncate")
 
     async def _setxattr(self, ctx: RequestContext, m: w.SetxattrRequest, payload: bytes) -> Message:
         await self._mutate(m, lambda now: ns.SetXattr(uid=m.uid, gid=m.gid, now_ns=now, inode=m.inode, name=m.name,
@@ -638,12 +636,14 @@ class MetadataService:
         repaired = chunk_decoder.decode(raw)
         manager = self._manager()
         # the survivors move to the new version before the writer resends (idempotent, so a
-        # retry answered from the session table bumps again, harmlessly)
-        failed = await manager.bump_versions(int(chunk_id), repaired.replicas, m.version, repaired.version,
-                                             missing_ok=chunk.length_bytes == 0)
-        if failed:
-            await manager.drop_replicas(int(chunk_id), failed, reason="missed the chain repair's version bump")
-            repaired = self.sm.chunk(int(chunk_id))
+        # retry answered from the session table bumps again, harmlessly; unless the chunk has
+        # moved on since: a survivor that missed the bump was fenced off by one more, and the
+        # writer gets the chunk as it is now)
+        if self.sm.chunk(int(chunk_id)).version == repaired.version:
+            await manager.carry_bump(int(chunk_id), repaired.replicas, m.version, repaired.version,
+                                     missing_ok=chunk.length_bytes == 0,
+                                     reason="missed the chain repair's version bump")
+        repaired = self.sm.chunk(int(chunk_id))
         manager.grant_lease(int(chunk_id))
         log.info("chunk.chain_repaired", extra={"chunk": m.chunk_id, "version": repaired.version,
                                                 "dropped": list(drop), "chain": list(repaired.replicas)})
