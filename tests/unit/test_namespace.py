@@ -303,6 +303,22 @@ def test_an_open_file_outlives_its_last_name_until_the_last_release(ns: NS) -> N
         ns.do(Release, inode=f, session=b"host-a")
 
 
+def test_a_file_created_open_is_held_by_its_session_like_an_open(ns: NS) -> None:
+    """Mknod ``open``: open(O_CREAT) in one command; the file outlives its name until released."""
+    from vstore.metadata.fsm.namespace import Release
+    f = ns.create(ROOT, b"ckpt", open=2, session=b"host-a")
+    ns.do(Unlink, parent=ROOT, name=b"ckpt")
+    assert ns.sm.getattr(f).nlink == 0, "held open by host-a"
+    ns.do(Release, inode=f, session=b"host-a", write=True)
+    with pytest.raises(NotFound):
+        ns.sm.getattr(f)
+    with pytest.raises(InvalidArgument):
+        ns.create(ROOT, b"nobody", open=1)   # no session
+    with pytest.raises(InvalidArgument):
+        ns.do(Mknod, parent=ROOT, name=b"fifo", kind=Kind.FIFO, mode=0o644, inode=9999, open=1, session=b"h")
+    assert ns.names(ROOT) == []
+
+
 def test_an_expired_session_releases_its_files_and_orphans_are_collected(ns: NS) -> None:
     from vstore.metadata.fsm.namespace import ExpireSession, Open
     kept, orphan = ns.create(ROOT, b"kept"), ns.create(ROOT, b"orphan")

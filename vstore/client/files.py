@@ -284,6 +284,20 @@ class FileClient:
                     raise
                 await asyncio.sleep(backoff)
                 backoff = min(0.5, backoff * 2)
+        return await self._opened(attr, writable)
+
+    async def create(self, parent: int, name: bytes, mode: int, *, writable: bool, uid: int = 0,
+                     gid: int = 0) -> tuple[int, w.Attr]:
+        """open(O_CREAT) of a new regular file: created and opened by one MDS command
+        (MknodRequest ``open``), so there is no file this client made but could not open."""
+        attr = expect_attr(await self.mds.mutate(lambda lane, seq: w.MknodRequest(
+            uid=uid, gid=gid, lane=lane, seq=seq, parent=parent, name=name, kind=1, mode=mode,
+            open=2 if writable else 1)))
+        return await self._opened(attr, writable)
+
+    async def _opened(self, attr: w.Attr, writable: bool) -> tuple[int, w.Attr]:
+        """Count an open the MDS granted; the handle and the attributes for the kernel."""
+        inode = attr.inode
         if attr.mode & 0o170000 != w.IFMT_OF_KIND[1]:
             raise InvalidArgument(f"inode {inode} is not a regular file")
         state = self._files.get(inode)

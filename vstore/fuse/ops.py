@@ -239,9 +239,9 @@ class VstoreOperations(pyfuse3.Operations):
     @_guarded
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        attr = await self.mds.create(parent_inode, name, mode & 0o7777, kind=1, uid=ctx.uid, gid=ctx.gid)
         writable = flags & os.O_ACCMODE != os.O_RDONLY
-        fh, attr = await self.client.open(attr.inode, writable=writable, uid=ctx.uid, gid=ctx.gid)
+        fh, attr = await self.client.create(parent_inode, name, mode & 0o7777, writable=writable, uid=ctx.uid,
+                                            gid=ctx.gid)
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=False), self._entry(self._remember(attr))
 
     @_guarded

@@ -379,9 +379,10 @@ class MetadataService:
     # ---- namespace mutations -------------------------------------------------------------------------
 
     async def _mknod(self, ctx: RequestContext, m: w.MknodRequest, payload: bytes) -> Message:
+        session = session_of_lane(m.lane) if m.open else b""
         return _attr_result(await self._mutate(m, lambda now: ns.Mknod(
             uid=m.uid, gid=m.gid, now_ns=now, parent=m.parent, name=m.name, kind=m.kind, mode=m.mode,
-            inode=self._alloc_inode(), rdev=m.rdev)))
+            inode=self._alloc_inode(), rdev=m.rdev, open=m.open, session=session)))
 
     async def _mkdir(self, ctx: RequestContext, m: w.MkdirRequest, payload: bytes) -> Message:
         return _attr_result(await self._mutate(m, lambda now: ns.Mkdir(

@@ -146,7 +146,10 @@ class SetattrRequest(MdsMutation):
 @register
 class MknodRequest(MdsMutation):
     """Create a regular file (create), FIFO, socket or device node (mknod). ``kind`` is a
-    vstore.metadata.fsm.schema.Kind value; ``mode`` the permission bits."""
+    vstore.metadata.fsm.schema.Kind value; ``mode`` the permission bits. ``open`` (regular
+    files only): the new file is opened in the same command, by the lane's session, for
+    reading (1) or for writing (2), as OpenRequest would: one commit for open(O_CREAT), and
+    no moment at which the file exists but the open can still be refused."""
 
     TYPE = MsgType.MKNOD
     parent: U64
@@ -154,6 +157,7 @@ class MknodRequest(MdsMutation):
     kind: U8
     mode: U32
     rdev: U64 = 0
+    open: Annotated[int, msgspec.Meta(ge=0, le=2)] = 0
 
 
 @register

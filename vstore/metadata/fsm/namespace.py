@@ -60,7 +60,8 @@ class InitRoot(Op, tag="init"):
 
 
 class Mknod(Op, tag="mknod"):
-    """Create a file, FIFO, socket or device node (create and mknod)."""
+    """Create a file, FIFO, socket or device node (create and mknod). ``open`` 1 or 2: a
+    regular file is opened by ``session`` too, for reading or writing (as Open)."""
 
     parent: int
     name: bytes
@@ -68,6 +69,8 @@ class Mknod(Op, tag="mknod"):
     mode: int
     inode: int
     rdev: int = 0
+    open: int = 0
+    session: bytes = b""
 
 
 class Mkdir(Op, tag="mkdir"):
@@ -620,7 +623,12 @@ class _Apply(ChunkCommands):
         kind = Kind(op.kind)
         if kind in (Kind.DIR, Kind.SYMLINK):
             raise InvalidArgument("use mkdir or symlink")
-        return self.create(op.parent, op.name, op.inode, self.new_inode(kind, op.mode, rdev=op.rdev))
+        if op.open and (kind != Kind.FILE or not op.session):
+            raise InvalidArgument("only a regular file is opened as it is created, by a session")
+        result = self.create(op.parent, op.name, op.inode, self.new_inode(kind, op.mode, rdev=op.rdev))
+        if op.open:
+            self.count_open(op.inode, op.session, write=op.open == 2)
+        return result
 
     def _mkdir(self, op: Mkdir) -> Any:
         return self.create(op.parent, op.name, op.inode, self.new_inode(Kind.DIR, op.mode, nlink=2, parent=op.parent))
@@ -704,10 +712,13 @@ class _Apply(ChunkCommands):
                 if writers and session != op.session:
                     raise FileBusy(f"inode {op.inode} is open for writing by another client "
                                    f"(session {session.hex()[:8]}); it has an exclusive-writer lease")
-        key = inode_key(op.inode) + op.session
-        handles, writers = _open_counts(self.txn.get(key, db=self.t[b"opens"]))
-        self.txn.put(key, _open_value(handles + 1, writers + bool(op.write)), db=self.t[b"opens"])
+        self.count_open(op.inode, op.session, write=op.write)
         return (op.inode, encoder.encode(node))
+
+    def count_open(self, inode: int, session: bytes, *, write: bool) -> None:
+        key = inode_key(inode) + session
+        handles, writers = _open_counts(self.txn.get(key, db=self.t[b"opens"]))
+        self.txn.put(key, _open_value(handles + 1, writers + bool(write)), db=self.t[b"opens"])
 
     def _release(self, op: Release) -> Any:
         key = inode_key(op.inode) + op.session
