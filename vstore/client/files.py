@@ -533,8 +533,10 @@ class FileClient:
         await self._on_chain(state, index, "fsync", self.io.fsync, existing_only=True)
 
     async def _report(self, state: OpenFile, *, release: bool = False) -> None:
-        """WriteDone: size, mtime and the lengths written since the last report."""
-        if not state.pending and state.mtime_ns is None and not release:
+        """WriteDone: size, mtime and the lengths written since the last report (``release``:
+        and the write leases of those chunks). Nothing written since: nothing to say (the
+        leases of chunks reported before go with the ReleaseRequest that follows)."""
+        if not state.pending and state.mtime_ns is None:
             return
         pending = sorted(state.pending.items())
         mtime = state.mtime_ns if state.mtime_ns is not None else time.time_ns()
