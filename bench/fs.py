@@ -227,22 +227,30 @@ def passthrough_target(base: Path) -> Iterator[Path]:
     src, mnt = base / "pt-src", base / "pt-mnt"
     src.mkdir()
     mnt.mkdir()
+    from tests.harness.fsprocs import unmount
+    # its own session: a Ctrl-C in the terminal reaches only us, and the finally unmounts it
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "passthrough.py"), str(src), str(mnt)],
-                            stdout=subprocess.PIPE)
+                            stdout=subprocess.PIPE, start_new_session=True)
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"bench/passthrough.py did not start (exit code {proc.wait(30)})")
         deadline = time.monotonic() + 10
         while not os.path.ismount(mnt) and time.monotonic() < deadline:
             time.sleep(0.05)
         yield mnt
     finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
-        proc.wait(30)
+        unmount(mnt)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @contextmanager
 def vstore_target(base: Path) -> Iterator[Path]:
-    from tests.harness.fsprocs import FsCluster
+    from tests.harness.fsprocs import FsCluster, unmount
     (base / "vstore").mkdir(exist_ok=True)
     cluster = FsCluster(base / "vstore", ("m1", "m2", "m3"), chunk_bytes=64 * MIB)
     loop = asyncio.new_event_loop()
@@ -252,8 +260,13 @@ def vstore_target(base: Path) -> Iterator[Path]:
         mnt = loop.run_until_complete(cluster.mount("bench-client"))
         yield mnt
     finally:
-        loop.run_until_complete(ctx.__aexit__(None, None, None))
-        loop.close()
+        try:
+            loop.run_until_complete(ctx.__aexit__(None, None, None))
+        finally:  # also when the start was interrupted half-way: no mount or process is left
+            for path in (base / "vstore").glob("mnt-*"):
+                unmount(path)
+            cluster.group.stop_all()
+            loop.close()
 
 
 TARGETS = {"local": local_target, "passthrough": passthrough_target, "vstore": vstore_target}
