@@ -37,6 +37,13 @@ def test_a_background_mount_serves_and_umount_stops_it(fs: FsCluster, tmp_path: 
         while os.path.ismount(mnt) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not os.path.ismount(mnt)
+        # where the kernel's requests spent their time, logged at unmount (and on SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "event=fuse.unmounted" not in (log := (tmp_path / "bg.log").read_text()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stats = next(line for line in log.splitlines() if "event=fuse.op_stats" in line)
+        assert 'create="1 calls, mean ' in stats and "flush=" in stats, stats
     finally:
         unmount(mnt)
 

@@ -96,16 +96,19 @@ async def serve_mount(config: ClientConfig, mountpoint: str, *, allow_other: boo
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, pyfuse3.terminate)
+    # kill -USR1: where the time of the kernel's requests went so far (also logged at unmount)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("fuse.op_stats", extra=ops.op_summary()))
     log.info("fuse.mounted", extra={"mountpoint": mountpoint, "cluster": config.cluster.name})
     if ready is not None:
         ready()
     try:
         await pyfuse3.main(min_tasks=4, max_tasks=64)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         pyfuse3.close(unmount=True)
         await client.close()
+        log.info("fuse.op_stats", extra=ops.op_summary())
         log.info("fuse.unmounted", extra={"mountpoint": mountpoint})
     return 0
 

@@ -53,6 +53,7 @@ def _guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
     @functools.wraps(fn)
     async def wrapper(self: VstoreOperations, *args: Any) -> T:
+        started = time.perf_counter()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -67,6 +68,15 @@ def _guarded(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         except Exception:
             log.exception("fuse.handler_crashed", extra={"op": name})
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            took = time.perf_counter() - started
+            stat = self.op_stats.get(name)
+            if stat is None:
+                self.op_stats[name] = [1, took, took]
+            else:
+                stat[0] += 1
+                stat[1] += took
+                stat[2] = max(stat[2], took)
     return wrapper
 
 
@@ -83,6 +93,13 @@ class VstoreOperations(pyfuse3.Operations):
         self._attrs: dict[int, tuple[float, w.Attr]] = {}
         self._dirs: dict[int, list[w.DirEntry]] = {}
         self._next_dir = 1
+        #: per handler: [calls, seconds in all, longest call] (``op_summary``)
+        self.op_stats: dict[str, list[float]] = {}
+
+    def op_summary(self) -> dict[str, str]:
+        """Per handler: calls, mean and longest time, for the ``fuse.op_stats`` log line."""
+        return {name: f"{int(n)} calls, mean {total / n * 1000:.2f} ms, max {longest * 1000:.1f} ms"
+                for name, (n, total, longest) in sorted(self.op_stats.items(), key=lambda kv: -kv[1][1])}
 
     # ---- attributes -------------------------------------------------------------------------------
 
