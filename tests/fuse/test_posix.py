@@ -11,10 +11,14 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
+import signal
 import stat
+import struct
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -220,6 +224,46 @@ def test_a_directory_of_ten_thousand_entries(fs: FsCluster, mnt: Path) -> None:
     with pytest.raises(OSError) as info:
         os.rmdir(big)
     assert info.value.errno == errno.ENOTEMPTY
+
+
+def _mds_calls(fs: FsCluster) -> int:
+    """How many calls the mount made to the MDS so far (its fuse.op_stats line, on SIGUSR1)."""
+    proc = fs.group.procs["client-1"]
+    assert proc.pid is not None
+    before = proc.log_path.read_text().count("event=fuse.op_stats")
+    os.kill(proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while (log := proc.log_path.read_text()).count("event=fuse.op_stats") == before:
+        assert time.monotonic() < deadline, "no fuse.op_stats line after SIGUSR1"
+        time.sleep(0.05)
+    line = [x for x in log.splitlines() if "event=fuse.op_stats" in x][-1]
+    found = re.search(r'\bmds_calls=(\d+)', line)
+    assert found, line
+    return int(found.group(1))
+
+
+def test_writes_ask_the_mds_for_security_capability_once_not_per_write(fs: FsCluster, mnt: Path) -> None:
+    """The kernel asks for security.capability before each write(2); the answer is reused
+    for a second here (like attributes), and a local change to it is seen at once."""
+    f = mnt / "caps"
+    fd = os.open(f, os.O_CREAT | os.O_WRONLY, 0o755)
+    try:
+        os.write(fd, b"x")
+        asked = _mds_calls(fs)
+        for n in range(200):
+            os.pwrite(fd, b"y" * 4096, n * 4096)
+    finally:
+        os.close(fd)
+    assert _mds_calls(fs) - asked < 20, "getxattr(security.capability) went to the MDS per write"
+    caps = struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)  # VFS_CAP_REVISION_2: cap_net_bind_service
+    os.setxattr(f, "security.capability", caps)
+    assert os.getxattr(f, "security.capability") == caps
+    with open(f, "r+b") as out:   # a write by root clears it (the kernel's killpriv), through removexattr
+        out.write(b"z")
+    with pytest.raises(OSError) as info:
+        os.getxattr(f, "security.capability")
+    assert info.value.errno == errno.ENODATA
+    assert f.read_bytes()[:2] == b"zy"
 
 
 def test_xattrs(mnt: Path) -> None:
