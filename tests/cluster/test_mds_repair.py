@@ -269,6 +269,36 @@ async def test_a_survivor_that_misses_a_chain_repairs_bump_is_fenced_off_by_one_
     assert by_id[zombie].chunks[cid][0] == version + 1, "its late bump leaves it a version behind: never served"
 
 
+@pytest.mark.parametrize("rig", [{"cs_failed_after_s": 60, "write_lease_s": 60}], indirect=True)
+async def test_a_chain_repair_that_would_leave_too_few_replicas_copies_the_chunk_to_another_server_first(
+        rig: Rig) -> None:
+    """A chunk written without a pause holds a write lease, so the planner never refills it;
+    after two failures only one replica would remain (policy 3:2). Instead of refusing the
+    write (which, repeated, was the application's EIO in the long thrash), the leader copies
+    the chunk from the survivor to another server while the writer waits, then repairs."""
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    inode = await rig.write_file(link, b"f", 1, release=False)
+    ((cid, (version, chain)),) = (await rig.chunks()).items()
+    head, second, third = chain
+
+    async def repair(at: int, failed: int) -> w.ChunkReply:
+        reply = await link.mutate(lambda lane, seq: w.RepairChainRequest(
+            uid=0, gid=0, lane=lane, seq=seq, inode=inode, chunk_id=cid, version=at, failed=(failed,)))
+        assert isinstance(reply, w.ChunkReply)
+        return reply
+    first = await repair(version, third)
+    assert [r.cs_id for r in first.chunk.replicas] == [head, second]
+    again = await repair(version + 1, second)
+    listed = [r.cs_id for r in again.chunk.replicas]
+    assert again.chunk.version == version + 2 and listed[0] == head and len(listed) == 2, listed
+    assert second not in listed
+    by_id = rig.by_id()
+    assert by_id[listed[1]].chunks[cid] == (version + 2, by_id[head].chunks[cid][1]), "a copy of the survivor"
+    assert (await rig.chunks())[cid] == (version + 2, tuple(listed))
+
+
 async def test_truncate_cuts_and_bumps_the_boundary_chunk_and_dooms_the_rest(rig: Rig) -> None:
     for n, host in enumerate(["h1", "h2", "h3"], 1):
         await rig.add(f"cs-{n}", host).start()

@@ -38,7 +38,8 @@ from vstore.errors import Busy, InvalidArgument, NotFound, NotPermitted, StaleVe
 from vstore.metadata.fsm import namespace as ns
 from vstore.metadata.fsm.schema import Chunk, CsRecord
 from vstore.metadata.liveness import CsLiveness, HeartbeatOutcome
-from vstore.metadata.placement import FULL_RATIO_MAX, NEARFULL_RATIO, CsId, CsState, CsStatus, ReplicaPolicy
+from vstore.metadata.placement import (FULL_RATIO_MAX, NEARFULL_RATIO, CsId, CsState, CsStatus, ReplicaPolicy,
+                                      place_replicas)
 from vstore.metadata.repair import (ChunkState, CsTally, JobKind, Limits, RepairPlan, Replica, Urgency, cs_tallies,
                                     plan_repairs)
 from vstore.net.rpc import RequestContext
@@ -395,8 +396,8 @@ class ChunkserverManager:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(0)
                 return w.DoneReply()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(m.code)
+        if waiter is not None and not waiter.done() and (m.code or order.kind != w.OrderKind.COPY):
+            waiter.set_result(m.code)   # a copy's waiter hears once the replica is in the chain (below)
         if order.kind in (w.OrderKind.SET_VERSION, w.OrderKind.TRUNCATE) and not m.code:
             self._behind.get(cs_id, {}).pop(order.chunk_id, None)
             if cs_id in self._reports:
@@ -420,11 +421,18 @@ class ChunkserverManager:
                 self.stats["copied_bytes"] += order.length_bytes
                 log.info("chunk.replicated", extra={"chunk": order.chunk_id, "version": order.version,
                                                     "cs_id": cs_id})
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(0)
             except (StaleVersion, NotFound, InvalidArgument) as exc:
                 # the chunk moved on (written, truncated, deleted) while it was copied: the
                 # copy is useless; its report will list it as stale and it is deleted then
                 log.info("chunk.copy_obsolete", extra={"chunk": order.chunk_id, "cs_id": cs_id, "error": exc.message})
                 self._stale.setdefault(cs_id, {})[order.chunk_id] = order.version
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(int(exc.code))
+            finally:
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(int(ErrorCode.UNAVAILABLE))
         elif order.kind == w.OrderKind.DELETE:
             self.damaged.discard((order.chunk_id, cs_id))  # the damaged file is gone with it
             self._stale.get(cs_id, {}).pop(order.chunk_id, None)
@@ -751,6 +759,43 @@ class ChunkserverManager:
     async def _bump_or_drop(self, chunk_id: int, replicas: list[CsId], version: int) -> None:
         await self.carry_bump(chunk_id, replicas, version, version + 1,
                               reason="missed the version bump that took out a failed holder")
+
+    async def refill_for_writer(self, chunk_id: int, survivors: list[CsId], exclude: list[CsId], count: int, *,
+                                timeout_s: float = 8.0) -> list[CsId]:
+        """A writer's chain repair would leave fewer replicas than the policy's minimum:
+        copy the chunk from a survivor to ``count`` more servers now, and return those whose
+        copy is in the chain (AddReplica, at the chunk's current version). The writer waits
+        for this (its write lease is why the planner made no copy of the chunk: a chunk
+        written without a pause never got back to its policy, and after enough faults every
+        repair was refused, so the application got EIO; the 30-minute thrash). Its writes
+        being held, the copy cannot miss one: a write racing it also went to the failed
+        replica, is refused there, and is resent to the new chain. A copy that outlasts
+        ``timeout_s`` (kept under the client's attempt deadline) goes on: the writer's retry
+        finds it in the chain, or waits for it."""
+        chunk = self.sm.chunk(chunk_id)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[int]] = []
+        if chunk_id not in self._copying and survivors and count > 0:
+            placement = place_replicas(self.view(), count, existing=tuple(chunk.replicas), exclude=exclude,
+                                       salt=chunk_id)
+            records = self.records()
+            source = self.address(survivors[0], records)
+            for target in placement.servers:
+                order = self._order(target, w.OrderKind.COPY, chunk_id, chunk.version, length=chunk.length_bytes,
+                                    source=source)
+                future: asyncio.Future[int] = loop.create_future()
+                self._waiters[order.order_id] = future
+                futures.append(future)
+            log.info("chunk.refill_for_writer", extra={"chunk": chunk_id, "version": chunk.version,
+                                                       "targets": list(placement.servers), "source": survivors[0]})
+        if futures:
+            await asyncio.wait(futures, timeout=timeout_s)
+        else:   # a copy already under way (an earlier attempt of this repair): give it the time
+            deadline = loop.time() + timeout_s
+            while chunk_id in self._copying and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+        listed = self._listed(chunk_id)
+        return [c for c in listed if c not in chunk.replicas]
 
     async def carry_bump(self, chunk_id: int, replicas: tuple[CsId, ...] | list[CsId], old_version: int,
                          new_version: int, *, truncate_to: int | None = None, missing_ok: bool = False,

@@ -619,15 +619,25 @@ class MetadataService:
     async def _repair_chain(self, ctx: RequestContext, m: w.RepairChainRequest, payload: bytes) -> Message:
         """Drop the chunkservers a write failed on and bump the version, so their copies are
         stale from now on; the survivors continue the chain (the planner adds new replicas
-        in the background). Refused while fewer than the policy's minimum would remain: an
-        acknowledged write must survive the loss of one more server."""
+        in the background). When fewer than the policy's minimum would remain, the chunk is
+        first copied to more servers (``refill_for_writer``); refused if that cannot be
+        done: an acknowledged write must survive the loss of one more server."""
         await self.leader()
         chunk = self.sm.chunk(m.chunk_id)
         node = self.sm.getattr(chunk.inode)
         policy = ReplicaPolicy.parse(node.policy or ns.DEFAULT_POLICY)
         drop = tuple(c for c in chunk.replicas if c in m.failed)
         remaining = [c for c in chunk.replicas if c not in drop]
-        if chunk.version == m.version and len(remaining) < min(policy.min, len(chunk.replicas)):
+        needed = policy.min
+        if (chunk.version == m.version and len(remaining) < needed and remaining and chunk.length_bytes
+                and self.sm.write_sessions(chunk.inode) <= {session_of_lane(m.lane)}):
+            # too few would remain: copy the chunk to more servers first, while its only
+            # writer waits (another writer's writes could slip past the copy)
+            await self._manager().refill_for_writer(m.chunk_id, remaining, list(drop), needed - len(remaining))
+            chunk = self.sm.chunk(m.chunk_id)
+            drop = tuple(c for c in chunk.replicas if c in m.failed)
+            remaining = [c for c in chunk.replicas if c not in drop]
+        if chunk.version == m.version and len(remaining) < needed:
             raise NoChunkservers(f"chunk {m.chunk_id}: only {len(remaining)} replica(s) would remain, policy {policy} "
                                  f"needs {policy.min}; writes wait until chunkservers are back")
         value = await self._mutate(m, lambda now: ns.RepairChain(

@@ -427,6 +427,20 @@ class NamespaceStateMachine(LmdbStateMachine):
         with self.env.begin() as txn:
             return _page(txn.cursor(db=self.tables[b"doomed"]), after_chunk_id, limit, doomed_decoder)
 
+    def write_sessions(self, inode: int) -> set[bytes]:
+        """The sessions that hold ``inode`` open for writing."""
+        prefix = inode_key(inode)
+        out: set[bytes] = set()
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self.tables[b"opens"])
+            if cursor.set_range(prefix):
+                for key, raw in cursor.iternext():
+                    if not bytes(key).startswith(prefix):
+                        break
+                    if _open_counts(raw)[1]:
+                        out.add(bytes(key)[len(prefix):])
+        return out
+
     def write_opens(self, inode: int) -> int:
         """Write handles on ``inode``, every session's together (a range of the opens table)."""
         prefix = inode_key(inode)
