@@ -340,6 +340,34 @@ async def test_a_chunkserver_that_lost_its_disk_has_its_replicas_dropped_and_reb
     await wait_for(rebuilt, timeout_s=30, what="every listed replica present again")
 
 
+async def test_removing_a_chunkserver_forgets_the_orders_it_will_never_answer(rig: Rig) -> None:
+    """A copy ordered to a server that is then removed (it fetches nothing any more) leaves
+    the leader's orders in flight at once, not after order_timeout_s: `rm-node` of the next
+    server waits for no order in flight before it calls a drain stalled (a CI hang)."""
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 1)
+    ((_, (_, chain)),) = (await rig.chunks()).items()
+    spare = next(f for f in rig.cs.values() if f.cs_id not in chain)
+    spare.pause(heartbeats=True)   # alive, but the copy to it is fetched and never answered
+    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
+                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
+                    host="admin")
+    try:
+        await admin.call(w.SetCsStateRequest(cs_id=chain[0], state="draining"))
+
+        async def in_flight() -> int:
+            status = await admin.status(rig.cluster.address("m1"))
+            return status.chunks.get("orders_in_flight", 0)
+        await wait_for(in_flight, timeout_s=30, what="the copy to the spare server ordered")
+        await admin.call(w.SetCsStateRequest(cs_id=spare.cs_id, state="removed"))
+        assert await in_flight() == 0
+    finally:
+        spare.resume()
+        await admin.close(expire_session=False)
+
+
 async def test_draining_a_chunkserver_moves_its_replicas_away_then_it_can_be_removed(rig: Rig) -> None:
     for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
         await rig.add(f"cs-{n}", host).start()

@@ -60,14 +60,20 @@ class FakeChunkserver:
         #: cleared by ``pause``: a zombie (SIGSTOP) that keeps its sockets but neither beats nor executes
         self.awake = asyncio.Event()
         self.awake.set()
+        self.beating = asyncio.Event()
+        self.beating.set()
 
-    def pause(self) -> None:
+    def pause(self, *, heartbeats: bool = False) -> None:
         """Stop heartbeating and executing, as a SIGSTOPped server does: a poll already
-        answered leaves its orders waiting here, run on ``resume``."""
+        answered leaves its orders waiting here, run on ``resume``. ``heartbeats``: keep
+        beating (alive to the leader, but its orders never answered)."""
         self.awake.clear()
+        if not heartbeats:
+            self.beating.clear()
 
     def resume(self) -> None:
         self.awake.set()
+        self.beating.set()
 
     @property
     def running(self) -> bool:
@@ -115,7 +121,7 @@ class FakeChunkserver:
     async def _heartbeats(self) -> None:
         assert self._channel is not None
         while True:
-            await self.awake.wait()
+            await self.beating.wait()
             used = sum(len(d) for _, d in self.chunks.values())
             beat = Heartbeat(node_id=self.node_id, role="cs",
                              gauges={"capacity_bytes": self.capacity_bytes, "used_bytes": used,

@@ -485,6 +485,9 @@ class ChunkserverManager:
                 extra={"cs_id": m.cs_id, "state": m.state, "by": ctx.peer.node_id, "replicas_dropped": dropped})
         if m.state == "removed":
             self.liveness.forget(CsId(m.cs_id))
+            # a removed server fetches no more orders: every order to it would sit in flight
+            # until order_timeout_s (and hold `rm-node`'s stall check of the next drain off)
+            self._forget_orders_to(CsId(m.cs_id), every_kind=True)
         return w.DoneReply(value=m.cs_id)
 
     async def _cs_list(self, ctx: RequestContext, m: a.CsListRequest, payload: bytes) -> Message:
@@ -587,20 +590,24 @@ class ChunkserverManager:
         run and deleted; a version bump it missed is found behind in that report."""
         for order_id, flight in list(self._inflight.items()):
             if flight.cs_id == cs_id and flight.boot_id and flight.boot_id != boot_id:
-                self._forget_order(order_id, flight)
-                waiter = self._waiters.pop(order_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(int(ErrorCode.UNAVAILABLE))
+                self._abandon(order_id, flight)
 
-    def _forget_orders_to(self, cs_id: CsId) -> None:
+    def _forget_orders_to(self, cs_id: CsId, *, every_kind: bool = False) -> None:
         """A chunkserver stopped heartbeating: the copies ordered to it will not complete
         (and each would hold its chunk's writers off with Busy until the order timed out).
         Forget them now; the planner orders the work elsewhere, or again when it is back.
         Safe whatever it does with them later: an unlisted copy is reported stale and
         deleted, and its OrderDone for a forgotten order is ignored."""
         for order_id, flight in list(self._inflight.items()):
-            if flight.cs_id == cs_id and flight.order.kind == w.OrderKind.COPY:
-                self._forget_order(order_id, flight)
+            if flight.cs_id == cs_id and (every_kind or flight.order.kind == w.OrderKind.COPY):
+                self._abandon(order_id, flight)
+
+    def _abandon(self, order_id: int, flight: _InFlight) -> None:
+        """Forget an order that will never be answered; whoever waits for it hears UNAVAILABLE."""
+        self._forget_order(order_id, flight)
+        waiter = self._waiters.pop(order_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(int(ErrorCode.UNAVAILABLE))
 
     def _forget_order(self, order_id: int, flight: _InFlight) -> None:
         del self._inflight[order_id]
