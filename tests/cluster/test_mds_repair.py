@@ -43,17 +43,6 @@ class Rig:
         self.cs[node_id] = fake
         return fake
 
-    async def start_hosts(self, count: int) -> None:
-        """Chunkservers cs-1..cs-N on hosts h1..hN, started."""
-        for n in range(1, count + 1):
-            await self.add(f"cs-{n}", f"h{n}").start()
-
-    def admin_link(self) -> MdsLink:
-        """A link with the admin role (drain, remove); the caller closes it."""
-        return MdsLink([("127.0.0.1", self.cluster.ports[i]) for i in self.cluster.ids],
-                       Auth(self.cluster.secret_file.read_bytes(), Identity(self.cluster.cluster_id, "admin-1", "admin")),
-                       host="admin")
-
     async def leader_state(self):  # type: ignore[no-untyped-def]
         leader = await self.cluster.leader()
         return self.cluster.server(leader)
@@ -114,7 +103,8 @@ def hosts_of(rig: Rig, replicas: tuple[int, ...]) -> list[str]:
 
 
 async def test_new_chunks_go_to_distinct_hosts_with_the_first_on_the_writers_host(rig: Rig) -> None:
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 8)
     chunks = await rig.chunks()
@@ -144,7 +134,8 @@ async def test_joining_twice_is_refused_and_too_few_chunkservers_refuse_new_chun
 async def test_a_failed_chunkserver_is_rebuilt_elsewhere_and_its_stale_copies_deleted_when_back(rig: Rig,
                                                                                                  expect_log) -> None:
     expect_log("cs.failed")
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 6)
     victim = rig.cs["cs-1"]  # the writer's host: first replica of every chunk
@@ -168,7 +159,8 @@ async def test_a_failed_chunkserver_is_rebuilt_elsewhere_and_its_stale_copies_de
 
 
 async def test_deleting_a_file_deletes_its_replicas_through_the_doomed_queue(rig: Rig) -> None:
-    await rig.start_hosts(3)
+    for n, host in enumerate(["h1", "h2", "h3"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 4)
     assert all(len(f.chunks) == 4 for f in rig.cs.values())
@@ -182,7 +174,8 @@ async def test_deleting_a_file_deletes_its_replicas_through_the_doomed_queue(rig
 
 async def test_a_damaged_replica_is_dropped_and_the_chunk_rebuilt(rig: Rig, expect_log) -> None:
     expect_log("chunk.damaged")
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 1)
     ((cid, (version, replicas)),) = (await rig.chunks()).items()
@@ -206,7 +199,8 @@ async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_ar
                                                                                       expect_log) -> None:
     expect_log("mds.storm_brake")
     expect_log("cs.failed", 0)
-    await rig.start_hosts(6)
+    for n in range(1, 7):
+        await rig.add(f"cs-{n}", f"h{n}").start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 4)
     before = await rig.chunks()
@@ -220,7 +214,8 @@ async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_ar
 
 
 async def test_a_chain_repair_drops_the_failed_replica_bumps_the_survivors_and_the_planner_refills(rig: Rig) -> None:
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 1, release=False)
     ((cid, (version, chain)),) = (await rig.chunks()).items()
@@ -252,7 +247,8 @@ async def test_a_survivor_that_misses_a_chain_repairs_bump_is_fenced_off_by_one_
     wait: it is taken out with a second bump among the others, so when it wakes and runs the
     order its copy is one version behind the chunk, not at its version with old bytes."""
     expect_log("chunk.replica_dropped")
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 1, release=False)
     ((cid, (version, chain)),) = (await rig.chunks()).items()
@@ -280,7 +276,8 @@ async def test_a_chain_repair_that_would_leave_too_few_replicas_copies_the_chunk
     after two failures only one replica would remain (policy 3:2). Instead of refusing the
     write (which, repeated, was the application's EIO in the long thrash), the leader copies
     the chunk from the survivor to another server while the writer waits, then repairs."""
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 1, release=False)
     ((cid, (version, chain)),) = (await rig.chunks()).items()
@@ -303,7 +300,8 @@ async def test_a_chain_repair_that_would_leave_too_few_replicas_copies_the_chunk
 
 
 async def test_truncate_cuts_and_bumps_the_boundary_chunk_and_dooms_the_rest(rig: Rig) -> None:
-    await rig.start_hosts(3)
+    for n, host in enumerate(["h1", "h2", "h3"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 3, chunk_len=4096)
     before = await rig.chunks()
@@ -326,7 +324,8 @@ async def test_truncate_cuts_and_bumps_the_boundary_chunk_and_dooms_the_rest(rig
 async def test_a_chunkserver_that_lost_its_disk_has_its_replicas_dropped_and_rebuilt(rig: Rig,
                                                                                     expect_log) -> None:
     expect_log("chunk.replica_missing", 0)
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 3)
     victim = rig.cs["cs-1"]
@@ -345,13 +344,16 @@ async def test_removing_a_chunkserver_forgets_the_orders_it_will_never_answer(ri
     """A copy ordered to a server that is then removed (it fetches nothing any more) leaves
     the leader's orders in flight at once, not after order_timeout_s: `rm-node` of the next
     server waits for no order in flight before it calls a drain stalled (a CI hang)."""
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 1)
     ((_, (_, chain)),) = (await rig.chunks()).items()
     spare = next(f for f in rig.cs.values() if f.cs_id not in chain)
     spare.pause(heartbeats=True)   # alive, but the copy to it is fetched and never answered
-    admin = rig.admin_link()
+    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
+                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
+                    host="admin")
     try:
         await admin.call(w.SetCsStateRequest(cs_id=chain[0], state="draining"))
 
@@ -367,11 +369,14 @@ async def test_removing_a_chunkserver_forgets_the_orders_it_will_never_answer(ri
 
 
 async def test_draining_a_chunkserver_moves_its_replicas_away_then_it_can_be_removed(rig: Rig) -> None:
-    await rig.start_hosts(4)
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 4)
     drained = rig.cs["cs-1"]
-    admin = rig.admin_link()
+    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
+                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
+                    host="admin")
     try:
         with pytest.raises(NotPermitted):  # a client may not drain
             await link.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="draining"), deadline_s=2)

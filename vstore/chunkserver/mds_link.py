@@ -103,12 +103,12 @@ class CsMdsLink:
                 log.log(logging.WARNING if gap > 5.0 else logging.INFO, "cs.paused",
                         extra={"seconds": round(gap, 1), "action": "orders received before it are refused"})
 
-    def _refuse_if_paused(self, fetched_at: float) -> None:
-        """Refuse an order fetched at ``fetched_at`` if this process paused since."""
-        if self._pauses.paused_since(fetched_at, asyncio.get_running_loop().time()):
-            self.stats["orders_void"] += 1
-            raise DeadlineExceeded("order received before a pause of this chunkserver (the leader may have "
-                                   "given up on it meanwhile); not carried out")
+    def _void(self, fetched_at: float) -> DeadlineExceeded | None:
+        """The refusal of an order fetched at ``fetched_at`` if this process paused since."""
+        if not self._pauses.paused_since(fetched_at, asyncio.get_running_loop().time()):
+            return None
+        return DeadlineExceeded("order received before a pause of this chunkserver (the leader may have given "
+                                "up on it meanwhile); not carried out")
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -234,7 +234,10 @@ class CsMdsLink:
 
     async def _execute(self, order: w.Order, fetched_at: float) -> tuple[int, str]:
         try:
-            self._refuse_if_paused(fetched_at)
+            void = self._void(fetched_at)
+            if void is not None:
+                self.stats["orders_void"] += 1
+                raise void
             if order.kind == w.OrderKind.DELETE:
                 await self._disk(self.store.delete, order.chunk_id, at_most_version=order.version)
                 self.stats["deletes"] += 1
@@ -287,7 +290,10 @@ class CsMdsLink:
             if len(data) < want:
                 break
         await self._disk(self.store.fsync, order.chunk_id)
-        self._refuse_if_paused(fetched_at)
+        void = self._void(fetched_at)
+        if void is not None:
+            self.stats["orders_void"] += 1
+            raise void
         await self._disk(self.store.mark_complete, order.chunk_id)
         self.stats["copies"] += 1
         self.stats["copied_bytes"] += offset

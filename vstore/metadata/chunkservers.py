@@ -549,7 +549,8 @@ class ChunkserverManager:
         creates the replicas at the new version."""
         kind = w.OrderKind.SET_VERSION if truncate_to is None else w.OrderKind.TRUNCATE
         loop = asyncio.get_running_loop()
-        pending: dict[CsId, tuple[int, asyncio.Future[int]]] = {}
+        pending: dict[CsId, asyncio.Future[int]] = {}
+        orders: dict[int, asyncio.Future[int]] = {}
         for cs_id in replicas:
             order = self._order(CsId(cs_id), kind, chunk_id, new_version, length=truncate_to or 0,
                                 old_version=old_version)
@@ -558,18 +559,21 @@ class ChunkserverManager:
             self._waiters[order.order_id] = future
             if missing_ok:
                 self._missing_ok.add(order.order_id)
-            pending[CsId(cs_id)] = (order.order_id, future)
+            pending[CsId(cs_id)] = future
+            orders[order.order_id] = future
         if pending:
-            await asyncio.wait([f for _, f in pending.values()], timeout=timeout_s)
-        failed = [cs for cs, (_, f) in pending.items() if not f.done() or f.result() != 0]
-        for order_id, future in pending.values():
+            await asyncio.wait(pending.values(), timeout=timeout_s)
+        failed = [cs for cs, f in pending.items() if not f.done() or f.result() != 0]
+        for order_id, future in orders.items():
             if future.done():
                 continue
             future.cancel()
             self._waiters.pop(order_id, None)
-            flight = self._inflight.get(order_id)
-            if flight is not None:   # still queued, it never leaves (fetched: carry_bump fences it off)
-                self._forget_order(order_id, flight)
+            self._missing_ok.discard(order_id)
+            flight = self._inflight.pop(order_id, None)
+            queue = self._queues.get(flight.cs_id) if flight is not None else None
+            if flight is not None and queue and flight.order in queue:
+                queue.remove(flight.order)   # still queued: it never leaves (fetched: carry_bump fences it off)
         return failed
 
     def _expire_orders(self, now: float) -> None:
@@ -608,11 +612,8 @@ class ChunkserverManager:
     def _forget_order(self, order_id: int, flight: _InFlight) -> None:
         del self._inflight[order_id]
         self._missing_ok.discard(order_id)
-        kind = flight.order.kind
-        if kind not in (w.OrderKind.SET_VERSION, w.OrderKind.TRUNCATE):  # a bump never holds its chunk busy
-            self._busy_chunks.discard(flight.order.chunk_id)
-        if kind == w.OrderKind.COPY:
-            self._copying.discard(flight.order.chunk_id)
+        self._busy_chunks.discard(flight.order.chunk_id)
+        self._copying.discard(flight.order.chunk_id)
         queue = self._queues.get(flight.cs_id)
         if queue and flight.order in queue:
             queue.remove(flight.order)
@@ -756,12 +757,15 @@ class ChunkserverManager:
             log.info("chunk.failed_holders_dropped", extra={"chunk": chunk.chunk_id, "cs_ids": list(failed),
                                                              "version": chunk.version + 1})
             # the survivors follow the new version now; as after a chain repair, one that
-            # misses the bump is fenced off (the planner copies the chunk again): nothing else
+            # misses the bump is dropped (the planner copies the chunk again): nothing else
             # would bring this replica's version forward until its server reports again
-            bumps.append(self.carry_bump(chunk.chunk_id, live, chunk.version, chunk.version + 1,
-                                         reason="missed the version bump that took out a failed holder"))
+            bumps.append(self._bump_or_drop(chunk.chunk_id, live, chunk.version))
         if bumps:
             await asyncio.gather(*bumps)
+
+    async def _bump_or_drop(self, chunk_id: int, replicas: list[CsId], version: int) -> None:
+        await self.carry_bump(chunk_id, replicas, version, version + 1,
+                              reason="missed the version bump that took out a failed holder")
 
     async def refill_for_writer(self, chunk_id: int, survivors: list[CsId], exclude: list[CsId], count: int, *,
                                 timeout_s: float = 8.0) -> list[CsId]:

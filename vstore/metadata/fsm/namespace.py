@@ -429,13 +429,30 @@ class NamespaceStateMachine(LmdbStateMachine):
 
     def write_sessions(self, inode: int) -> set[bytes]:
         """The sessions that hold ``inode`` open for writing."""
+        prefix = inode_key(inode)
+        out: set[bytes] = set()
         with self.env.begin() as txn:
-            return {session for session, _, writers in _opens(txn, self.tables[b"opens"], inode) if writers}
+            cursor = txn.cursor(db=self.tables[b"opens"])
+            if cursor.set_range(prefix):
+                for key, raw in cursor.iternext():
+                    if not bytes(key).startswith(prefix):
+                        break
+                    if _open_counts(raw)[1]:
+                        out.add(bytes(key)[len(prefix):])
+        return out
 
     def write_opens(self, inode: int) -> int:
         """Write handles on ``inode``, every session's together (a range of the opens table)."""
+        prefix = inode_key(inode)
+        total = 0
         with self.env.begin() as txn:
-            return sum(writers for _, _, writers in _opens(txn, self.tables[b"opens"], inode))
+            cursor = txn.cursor(db=self.tables[b"opens"])
+            if cursor.set_range(prefix):
+                for key, raw in cursor.iternext():
+                    if not bytes(key).startswith(prefix):
+                        break
+                    total += _open_counts(raw)[1]
+        return total
 
     def session_expired(self, session: bytes) -> bool:
         """Was this client session expired (within the last EXPIRED_KEEP_NS)?"""
@@ -692,7 +709,15 @@ class _Apply(ChunkCommands):
             self.drop_inode(inode)
 
     def _opens_of(self, inode: int) -> Iterator[tuple[bytes, int, int]]:
-        return _opens(self.txn, self.t[b"opens"], inode)
+        """(session, handles, write handles) of every session holding ``inode`` open."""
+        cursor = self.txn.cursor(db=self.t[b"opens"])
+        prefix = inode_key(inode)
+        if not cursor.set_range(prefix):
+            return
+        for key, raw in cursor.iternext():
+            if not key.startswith(prefix):
+                return
+            yield bytes(key[len(prefix):]), *_open_counts(raw)
 
     def _open(self, op: Open) -> Any:
         node = self.get(op.inode)
@@ -961,19 +986,6 @@ class _Apply(ChunkCommands):
         node = msgspec.structs.replace(node, **changes)
         self.put(op.inode, node)
         return (op.inode, encoder.encode(node))
-
-
-def _opens(txn: Any, db: Any, inode: int) -> Iterator[tuple[bytes, int, int]]:
-    """(session, handles, write handles) of every session holding ``inode`` open (a range
-    of the opens table)."""
-    cursor = txn.cursor(db=db)
-    prefix = inode_key(inode)
-    if not cursor.set_range(prefix):
-        return
-    for key, raw in cursor.iternext():
-        if not bytes(key).startswith(prefix):
-            return
-        yield bytes(key[len(prefix):]), *_open_counts(raw)
 
 
 def _open_counts(raw: bytes | None) -> tuple[int, int]:
