@@ -20,6 +20,7 @@ from tests.harness.wait import wait_for
 from vstore.client.mds_link import MdsLink
 from vstore.errors import Exists, NoChunkservers, NotEmpty, NotPermitted
 from vstore.metadata.fsm.schema import ROOT_INODE
+from vstore.metadata.repair import JobKind
 from vstore.net import Auth
 from vstore.wire import Identity
 from vstore.wire import mds as w
@@ -61,7 +62,7 @@ class Rig:
         running = sum(1 for fake in self.cs.values() if fake.running)
 
         async def online() -> bool:  # placement sees a chunkserver once its heartbeat arrived
-            status = await self.cluster.status(self.cluster.ids[0])
+            status = await self.cluster.status(await self.cluster.leader())
             return status is not None and status.chunks.get("cs_online") == running
         await wait_for(online, timeout_s=20, what=f"{running} chunkservers online at the MDS")
         f = await link.create(ROOT_INODE, name)
@@ -100,6 +101,44 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest):
 def hosts_of(rig: Rig, replicas: tuple[int, ...]) -> list[str]:
     by_id = rig.by_id()
     return [by_id[r].host for r in replicas]
+
+
+async def test_order_ids_of_two_leaderships_never_collide(tmp_path: Path, expect_log) -> None:
+    """A chunkserver retries an OrderDone to whoever leads now (an old leader's order it has
+    just carried out): no order id of one leadership may name an order of another. With a
+    per-process counter both leaders' first orders were 1, 2, ...; the thrash caught a new
+    leader taking such an answer for its own copy order and listing a replica that held the
+    bytes of the old leader's copy, made before later writes (a stale read)."""
+    expect_log("cs.failed")
+    async with MdsInProcCluster(tmp_path, ("m1", "m2", "m3"), mds_extra=TIMERS,
+                                chunk_bytes=1 << 20).serving() as cluster:
+        rig = Rig(cluster)
+        try:
+            for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+                await rig.add(f"cs-{n}", host).start()
+            link = await cluster.link()
+            await rig.write_file(link, b"f", 2)
+            victim = rig.cs["cs-1"]
+
+            async def rebuilt_without(cs: FakeChunkserver) -> bool:
+                chunks = await rig.chunks()
+                return bool(chunks) and all(len(r) == 3 and cs.cs_id not in r for _, r in chunks.values())
+            await victim.stop()
+            await wait_for(lambda: rebuilt_without(victim), timeout_s=30, what="rebuilt without cs-1")
+            marks = {name: len(f.orders_done) for name, f in rig.cs.items()}
+            first = [o for f in rig.cs.values() for o in f.orders_done]
+            assert first, "the first leader ordered the rebuild"
+            await cluster.stop(await cluster.leader())
+            await cluster.leader()
+            stale = set(victim.chunks)
+            await victim.start()  # back with its stale copies: the new leader orders them deleted
+            await wait_for(lambda: not (set(victim.chunks) & stale), timeout_s=30, what="stale copies deleted")
+            later = [o for name, f in rig.cs.items() for o in f.orders_done[marks[name]:]]
+            assert later, "the second leader ordered the deletes"
+            both = {o.order_id for o in first} & {o.order_id for o in later}
+            assert not both, f"order ids that named orders of both leaders: {sorted(both)}"
+        finally:
+            await rig.close()
 
 
 async def test_new_chunks_go_to_distinct_hosts_with_the_first_on_the_writers_host(rig: Rig) -> None:
@@ -193,6 +232,42 @@ async def test_a_damaged_replica_is_dropped_and_the_chunk_rebuilt(rig: Rig, expe
     await wait_for(healed, timeout_s=30, what="the damaged replica replaced")
     deletes = [o for o in rig.by_id()[bad].orders_done if o.kind == w.OrderKind.DELETE and o.chunk_id == cid]
     assert deletes, "the damaged copy was deleted before any new copy"
+
+
+async def test_no_copy_starts_for_a_chunk_a_writer_leased_while_the_round_was_planning(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, expect_log) -> None:
+    """A repair round reads the chunk table, then orders its copies; a writer's AllocChunk
+    answered in between (the round awaits there) holds a lease the round did not see. A copy
+    started under it would miss that writer's writes and add a replica at the same version
+    without them: the thrash read stale bytes from one. The copy waits for the lease."""
+    from vstore.metadata import chunkservers as chunkservers_module
+    expect_log("chunk.damaged")
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 1)
+    ((cid, (version, replicas)),) = (await rig.chunks()).items()
+    manager = (await rig.leader_state()).chunkservers
+    real = chunkservers_module.plan_repairs
+    raced = []
+
+    def planned(chunks, servers, **kwargs):  # type: ignore[no-untyped-def]
+        plan = real(chunks, servers, **kwargs)
+        if not raced and manager._monotonic() >= manager._copies_after_s and any(
+                j.kind is JobKind.COPY and j.chunk_id == cid for j in plan.jobs):
+            manager.grant_lease(cid)   # what an AllocChunk answered during the round's await does
+            raced.append(manager.stats["rounds"])
+        return plan
+    monkeypatch.setattr(chunkservers_module, "plan_repairs", planned)
+    await link.call(w.ReportDamageRequest(chunk_id=cid, version=version, cs_id=replicas[1], reason="test"))
+    await wait_for(lambda: raced, timeout_s=30, what="a round that plans a copy of the chunk")
+    await wait_for(lambda: manager.stats["rounds"] > raced[0], timeout_s=10, what="the round finished")
+
+    def copies() -> list[w.Order]:
+        return [o for f in rig.cs.values() for o in f.orders_done if o.kind == w.OrderKind.COPY and o.chunk_id == cid]
+    assert cid not in manager._copying and not copies(), "a copy was ordered under the writer's lease"
+    manager.release_lease(cid)   # the writer closed the file
+    await wait_for(lambda: copies(), timeout_s=30, what="the copy once the lease is gone")
 
 
 async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_are_down(rig: Rig,

@@ -143,8 +143,12 @@ session_expire_s = {session_expire_s}
     async def leader(self, timeout_s: float = 30.0) -> str:
         async def find() -> str | None:
             statuses = {n: await self.status(n) for n in self.running()}
-            leaders = [n for n, s in statuses.items() if s and s.role == "leader"]
-            return leaders[0] if len(leaders) == 1 else None
+            leaders = [(s.term, n) for n, s in statuses.items() if s and s.role == "leader"]
+            terms = [t for t, _ in leaders]
+            assert len(terms) == len(set(terms)), f"two leaders in one term: {leaders}"
+            # a deposed leader that has not heard of the newer term yet is normal in Raft
+            # for a moment (until its check-quorum or the new leader's append reaches it)
+            return max(leaders)[1] if leaders else None
         return await wait_for(find, timeout_s=timeout_s, what="one MDS leader", interval_s=0.05)
 
     async def converged(self, timeout_s: float = 30.0) -> dict[str, w.MdsStatusReply]:

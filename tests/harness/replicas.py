@@ -128,6 +128,18 @@ async def force_read(config_path: str, top: str, address: str) -> dict[str, list
                     result = exc.code.name
                 out.setdefault(path, []).append({"chunk_id": c.chunk_id, "version": c.version, "result": result,
                                                  "listed": any(r.address == address for r in c.replicas)})
+        # The map was read before the reads: a chunk the server served unlisted may have been
+        # copied back to it meanwhile (it is alive again, so the planner may pick it). Such a
+        # chunk listed now at the version that was read is a replica, not a zombie's answer.
+        served = {(path, ch["chunk_id"], ch["version"]) for path, chunks in out.items() for ch in chunks
+                  if ch["result"] == "ok" and not ch["listed"]}
+        if served:
+            for path, chunks in (await chunk_infos(link, top)).items():
+                for c in chunks:
+                    if (path, c.chunk_id, c.version) in served and any(r.address == address for r in c.replicas):
+                        for ch in out[path]:
+                            if ch["chunk_id"] == c.chunk_id:
+                                ch.update(listed=True, relisted=True)
     finally:
         await io.close()
         await link.close_connections()

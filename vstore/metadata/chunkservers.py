@@ -216,6 +216,9 @@ class ChunkserverManager:
             raise Busy(f"chunk {chunk_id} is being copied to a new replica; retry in a moment")
         self.write_leases[chunk_id] = self._monotonic() + self.write_lease_s + self.capability_skew_s
 
+    def _leased(self, chunk_id: int) -> bool:
+        return self.write_leases.get(chunk_id, 0) > self._monotonic()
+
     def release_lease(self, chunk_id: int) -> None:
         self.write_leases.pop(chunk_id, None)
 
@@ -523,11 +526,18 @@ class ChunkserverManager:
         if source is not None and self.service.capability_key:
             token = issue_capability(self.service.capability_key, chunk_id, version, "r",
                                      int(time.time()) + COPY_TOKEN_S)
-        order = w.Order(order_id=self._next_order, kind=kind, chunk_id=chunk_id, version=version,
+        # an order id is unique across leaderships and across MDS processes (one leader per
+        # term): an OrderDone a chunkserver still carries for an earlier leader's order (it is
+        # retried to whoever leads now) must not match an order of this one. With a plain
+        # per-process counter it could: a copy the old leader had ordered, made before the
+        # writes that followed it, was then committed as this leader's own fresh copy, a
+        # listed replica with old bytes (the 60 s thrash read them).
+        order_id = (self.service.node.term << 32) | (self._next_order & 0xFFFF_FFFF)
+        order = w.Order(order_id=order_id, kind=kind, chunk_id=chunk_id, version=version,
                         length_bytes=length, source=source, token=token, old_version=old_version)
         self._next_order += 1
         self._queues.setdefault(cs_id, deque()).append(order)
-        self._inflight[order.order_id] = _InFlight(order, cs_id, self._monotonic(), doomed)
+        self._inflight[order_id] = _InFlight(order, cs_id, self._monotonic(), doomed)
         self._busy_chunks.add(chunk_id)
         if kind == w.OrderKind.COPY:
             self._copying.add(chunk_id)
@@ -691,7 +701,11 @@ class ChunkserverManager:
         for job in plan.jobs:
             chunk = by_id[job.chunk_id]
             if job.kind is JobKind.COPY:
-                if not copies_allowed:
+                if not copies_allowed or self._leased(job.chunk_id) or job.chunk_id in self._busy_chunks:
+                    # looked again now: the chunk was free when the round read the chunk table,
+                    # but a writer may have been granted its lease since (the round awaits in
+                    # between); a copy started now would miss that writer's writes, and the
+                    # replica it adds would be listed at the same version without them
                     continue
                 assert job.source is not None
                 self._order(job.target, w.OrderKind.COPY, job.chunk_id, job.version, length=chunk.length_bytes,
