@@ -9,6 +9,7 @@ checks read the replicated state of the leader (chunk table, doomed queue).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 
@@ -268,6 +269,49 @@ async def test_no_copy_starts_for_a_chunk_a_writer_leased_while_the_round_was_pl
     assert cid not in manager._copying and not copies(), "a copy was ordered under the writer's lease"
     manager.release_lease(cid)   # the writer closed the file
     await wait_for(lambda: copies(), timeout_s=30, what="the copy once the lease is gone")
+
+
+async def test_a_chunk_a_writer_keeps_leased_is_copied_back_to_its_policy_with_the_writer_held(
+        rig: Rig, expect_log) -> None:
+    """A container image open for days renews its write lease with every write, so the
+    planner never copies its chunks: after a chunkserver loss they stayed a replica short for
+    as long as the image was open. Once a leased chunk has been below its policy for
+    ``cs_failed_after_s``, the leader holds its writers (BUSY), bumps the version among the
+    replicas left (the capabilities out are fenced off) and copies it; the writer's next
+    AllocChunk gets the new chain at the new version."""
+    expect_log("cs.failed")
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    inode = await rig.write_file(link, b"image", 1, release=False)
+    ((cid, (version, replicas)),) = (await rig.chunks()).items()
+    victim = rig.by_id()[replicas[1]]
+    manager = (await rig.leader_state()).chunkservers
+    await victim.stop()
+    chains: list[w.ChunkInfo] = []
+    renewing = True
+
+    async def writer() -> None:  # a long-open file's writer: it asks for the chunk again and again
+        while renewing:
+            reply = await link.mutate(lambda lane, seq: w.AllocChunkRequest(
+                uid=0, gid=0, lane=lane, seq=seq, inode=inode, index=0, writer_host="h1"))
+            assert isinstance(reply, w.ChunkReply)
+            chains.append(reply.chunk)
+            await asyncio.sleep(0.2)
+    task = asyncio.create_task(writer())
+    try:
+        async def refilled() -> bool:
+            now, listed = (await rig.chunks())[cid]
+            return (now > version and len(listed) == 3 and victim.cs_id not in listed
+                    and len(set(hosts_of(rig, listed))) == 3
+                    and all(rig.by_id()[c].chunks.get(cid, (0,))[0] == now for c in listed))
+        await wait_for(refilled, timeout_s=30, what="the leased chunk back at 3 replicas on distinct hosts")
+        await wait_for(lambda: chains and len(chains[-1].replicas) == 3 and chains[-1].version > version,
+                       timeout_s=10, what="the writer handed the new chain")
+        assert manager._leased(cid), "the writer held its lease all along"
+    finally:
+        renewing = False
+        await task
 
 
 async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_are_down(rig: Rig,

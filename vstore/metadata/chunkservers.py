@@ -41,7 +41,7 @@ from vstore.metadata.liveness import CsLiveness, HeartbeatOutcome
 from vstore.metadata.placement import (FULL_RATIO_MAX, NEARFULL_RATIO, CsId, CsState, CsStatus, ReplicaPolicy,
                                       place_replicas)
 from vstore.metadata.repair import (ChunkState, CsTally, JobKind, Limits, RepairPlan, Replica, Urgency, cs_tallies,
-                                    plan_repairs)
+                                    good_replicas, plan_repairs)
 from vstore.net.rpc import RequestContext
 from vstore.wire import Datagram, ErrorCode, Heartbeat, Message
 from vstore.wire import admin as a
@@ -60,6 +60,8 @@ COPY_TOKEN_S = 600
 #: Clock difference between the MDS and chunkservers that write capabilities allow for
 #: (vstore/wire/capability.py verify_capability's default skew).
 CAPABILITY_SKEW_S = 30
+#: Leased chunks copied with their writers held at a time (``_refill_under_lease``).
+LEASE_REFILLS_MAX = 4
 
 
 @dataclass
@@ -99,6 +101,13 @@ class ChunkserverManager:
         self._inflight: dict[int, _InFlight] = {}
         self._busy_chunks: set[int] = set()
         self._copying: set[int] = set()
+        #: chunks whose writers are held (no lease granted) while a version bump fences the
+        #: capabilities out before a copy (``_refill_under_lease``)
+        self._held: set[int] = set()
+        #: chunk id -> monotonic time the rounds first saw it leased and below its policy
+        self._leased_below_since: dict[int, float] = {}
+        self._leased_states: list[ChunkState] = []
+        self._lease_refills: dict[int, asyncio.Task[None]] = {}
         self._next_order = 1
         #: per chunkserver, what its last full report said: chunk id -> version
         self._reports: dict[CsId, dict[int, int]] = {}
@@ -149,6 +158,10 @@ class ChunkserverManager:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        refills = list(self._lease_refills.values())
+        for task in refills:
+            task.cancel()
+        await asyncio.gather(*refills, return_exceptions=True)
         for event in self._wakeups.values():
             event.set()
 
@@ -174,6 +187,8 @@ class ChunkserverManager:
         self._inflight.clear()
         self._busy_chunks.clear()
         self._copying.clear()
+        self._held.clear()
+        self._leased_below_since.clear()
         self._reports.clear()
         self._incoming.clear()
         self._stale.clear()
@@ -212,7 +227,7 @@ class ChunkserverManager:
         """A writer holds (or renewed) a write capability for the chunk: no copy of it is
         made until the capability has expired everywhere, or the writer releases it. Refused
         (Busy, retryable) while a copy of the chunk is in flight: the copy finishes first."""
-        if chunk_id in self._copying:
+        if chunk_id in self._copying or chunk_id in self._held:
             raise Busy(f"chunk {chunk_id} is being copied to a new replica; retry in a moment")
         self.write_leases[chunk_id] = self._monotonic() + self.write_lease_s + self.capability_skew_s
 
@@ -717,7 +732,93 @@ class ChunkserverManager:
                     uid=0, gid=0, now_ns=now, chunk_id=j.chunk_id, cs_id=j.target))
             else:
                 self._order(job.target, w.OrderKind.DELETE, job.chunk_id, job.version)
+        if copies_allowed and not plan.storm_brake:
+            self._refill_leased(servers, now)
         await self._forget_failed_holders(chunks, status)
+
+    def _refill_leased(self, servers: list[CsState], now: float) -> None:
+        """Chunks a writer keeps leased stay out of the plan; one that stays below its policy
+        for ``cs_failed_after_s`` meanwhile is copied with its writers held
+        (``_refill_under_lease``). A container image open for days renews its lease with
+        every write: without this its chunks stayed a replica short for as long as it was
+        open, after any chunkserver loss (issue 9's note listed the gap)."""
+        by_id = {cs.cs_id: cs for cs in servers}
+        below: set[int] = set()
+        for state in self._leased_states:
+            good = good_replicas(state, by_id)
+            if not good or len(good) >= state.policy.replicas:
+                continue
+            below.add(state.chunk_id)
+            since = self._leased_below_since.setdefault(state.chunk_id, now)
+            if (now - since >= self.failed_after_s and state.chunk_id not in self._lease_refills
+                    and len(self._lease_refills) < LEASE_REFILLS_MAX):
+                task = asyncio.create_task(self._refill_under_lease(state.chunk_id),
+                                           name=f"lease-refill-{state.chunk_id}")
+                self._lease_refills[state.chunk_id] = task
+                task.add_done_callback(lambda _t, c=state.chunk_id: self._lease_refills.pop(c, None))
+        for chunk_id in [c for c in self._leased_below_since if c not in below]:
+            del self._leased_below_since[chunk_id]
+
+    async def _refill_under_lease(self, chunk_id: int) -> None:
+        """Copy a chunk below its policy that writers hold leased: no lease is granted from
+        now (AllocChunk is BUSY while the chunk is held, then while it is copied), and a
+        version bump among the replicas that answer fences off the capabilities already out
+        (a write at the old version is refused; its writer asks again and waits). The copy
+        is then made at the new version, which nothing can change until it is in the chain."""
+        try:
+            chunk = self.sm.chunk(chunk_id)
+        except NotFound:
+            return
+        if chunk_id in self._copying or chunk_id in self._busy_chunks or chunk_id in self._held:
+            return
+        status = {cs.cs_id: cs.status for cs in self.view()}
+        live = [c for c in chunk.replicas if status.get(c) in (CsStatus.ONLINE, CsStatus.DRAINING)
+                and (chunk_id, c) not in self.damaged]
+        need = self._policy(chunk).replicas - len(live)
+        if not live or need <= 0:
+            return
+        gone = tuple(c for c in chunk.replicas if c not in live)
+        self._held.add(chunk_id)
+        try:
+            try:
+                await self.service.propose_op(lambda now: ns.RepairChain(
+                    uid=0, gid=0, now_ns=now, chunk_id=chunk_id, version=chunk.version, drop=gone, add=(),
+                    new_version=chunk.version + 1))
+            except VStoreError as exc:   # written or repaired meanwhile: a later round looks again
+                log.info("chunk.lease_refill_skipped", extra={"chunk": chunk_id, "error": exc.message})
+                return
+            version = await self.carry_bump(chunk_id, live, chunk.version, chunk.version + 1,
+                                            missing_ok=chunk.length_bytes == 0,
+                                            reason="missed the bump that held its writers for a copy")
+            chunk = self.sm.chunk(chunk_id)
+            if chunk.version != version or not chunk.replicas:
+                return
+            targets = self._order_copies(chunk_id, chunk, list(chunk.replicas), list(gone), need)
+            log.info("chunk.lease_refill", extra={"chunk": chunk_id, "version": chunk.version, "dropped": list(gone),
+                                                  "targets": [t for t, _ in targets]})
+        except NotFound:
+            return
+        finally:
+            # the copies' own mark (copying) holds the writers from here until they are in the chain
+            self._held.discard(chunk_id)
+
+    def _order_copies(self, chunk_id: int, chunk: Chunk, survivors: list[CsId], exclude: list[CsId],
+                      count: int) -> list[tuple[CsId, asyncio.Future[int]]]:
+        """COPY orders of the chunk at its version from the first survivor to ``count`` more
+        servers (placement's choice), each with a future that hears when its copy is in the
+        chain (or why not)."""
+        placement = place_replicas(self.view(), count, existing=tuple(chunk.replicas), exclude=exclude,
+                                   salt=chunk_id)
+        source = self.address(survivors[0], self.records())
+        loop = asyncio.get_running_loop()
+        out = []
+        for target in placement.servers:
+            order = self._order(target, w.OrderKind.COPY, chunk_id, chunk.version, length=chunk.length_bytes,
+                                source=source)
+            future: asyncio.Future[int] = loop.create_future()
+            self._waiters[order.order_id] = future
+            out.append((target, future))
+        return out
 
     def _note_rebuild(self, plan: RepairPlan) -> None:
         """Log the start and the end of a rebuild (repair work below the target, by urgency)
@@ -797,18 +898,10 @@ class ChunkserverManager:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[int]] = []
         if chunk_id not in self._copying and survivors and count > 0:
-            placement = place_replicas(self.view(), count, existing=tuple(chunk.replicas), exclude=exclude,
-                                       salt=chunk_id)
-            records = self.records()
-            source = self.address(survivors[0], records)
-            for target in placement.servers:
-                order = self._order(target, w.OrderKind.COPY, chunk_id, chunk.version, length=chunk.length_bytes,
-                                    source=source)
-                future: asyncio.Future[int] = loop.create_future()
-                self._waiters[order.order_id] = future
-                futures.append(future)
+            ordered = self._order_copies(chunk_id, chunk, survivors, exclude, count)
+            futures = [f for _, f in ordered]
             log.info("chunk.refill_for_writer", extra={"chunk": chunk_id, "version": chunk.version,
-                                                       "targets": list(placement.servers), "source": survivors[0]})
+                                                       "targets": [t for t, _ in ordered], "source": survivors[0]})
         if futures:
             await asyncio.wait(futures, timeout=timeout_s)
         else:   # a copy already under way (an earlier attempt of this repair): give it the time
@@ -933,6 +1026,7 @@ class ChunkserverManager:
         policies: dict[int, ReplicaPolicy] = {}
         out: list[ChunkState] = []
         every: list[ChunkState] = []
+        leased: list[ChunkState] = []
         after = 0
         now = self._monotonic()
         while True:
@@ -947,12 +1041,13 @@ class ChunkserverManager:
                     policies[chunk.inode] = policy
                 state = self._state(chunk_id, chunk, policy)
                 every.append(state)
-                if chunk_id not in self._busy_chunks and self.write_leases.get(chunk_id, 0) <= now:
-                    out.append(state)
+                if chunk_id not in self._busy_chunks:
+                    (out if self.write_leases.get(chunk_id, 0) <= now else leased).append(state)
             await asyncio.sleep(0)  # let requests in between pages
         # what each server holds, busy chunks included (what rm-node and top show)
         self.tallies = cs_tallies(every, self.view(now))
         self.chunks_total = len(every)
+        self._leased_states = leased
         return out
 
     def _policy(self, chunk: Chunk) -> ReplicaPolicy:
