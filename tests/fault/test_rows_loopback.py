@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -318,3 +319,81 @@ async def test_f9_a_full_chunkserver_disk_sends_new_replicas_elsewhere_and_the_w
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
+
+
+async def test_f6_a_file_kept_open_and_written_gets_back_to_full_replication_after_a_chunkserver_dies(
+        tmp_path: Path, request: pytest.FixtureRequest, expect_log) -> None:  # type: ignore[no-untyped-def]
+    """F6 for a container image: the file stays open and is written and fsynced without a
+    pause, so its chunks never leave their write lease. A chunkserver holding them is killed:
+    the writer sees no error (its chain is repaired), and the chunks are copied back to three
+    replicas on distinct hosts while the file is still open (the leader holds the writer for
+    the bump and the copy). Every replica of every chunk then holds exactly the bytes the
+    writer wrote, and so does a fresh client's read."""
+    from vstore.client.chunk_io import ChunkIo
+    from vstore.client.factory import file_client
+    from vstore.config import load_client_config
+    from vstore.wire import cs as wcs
+    from vstore.wire import mds as w
+    rng = random.Random(SEED + 6)
+    expect_log("client.chain_repair")
+    cluster = FsCluster(tmp_path, chunkservers=4, chunk_bytes=1 << 20,
+                        mds_extra={"cs_offline_after_s": 1, "cs_failed_after_s": 3, "write_lease_s": 3,
+                                   "capability_skew_s": 1})
+    async with cluster.running_fs(dump_logs_if=lambda: call_failed(request.node)):
+        config = cluster.client_config("f6-open")
+        cfg = load_client_config(config)
+        writer = file_client(cluster_id=cfg.cluster.id, mds=[(a.host, a.port) for a in cfg.cluster.mds],
+                             secret_file=cfg.cluster.secret_file, net=cfg.net, host="host-writer")
+        await writer.start()
+        link = await cluster.link()
+        image = bytearray(rng.randbytes(4 * MIB))
+        writes = 0
+        try:
+            attr = await writer.mds.create(1, b"image.img")
+            fh, _ = await writer.open(attr.inode, writable=True)
+            await writer.write(fh, 0, bytes(image))
+            await writer.fsync(fh)
+
+            async def write_some() -> None:
+                nonlocal writes
+                offset = rng.randrange(len(image) - 64 * 1024)
+                data = rng.randbytes(rng.randrange(1, 64 * 1024))
+                await writer.write(fh, offset, data)
+                await writer.fsync(fh)
+                image[offset:offset + len(data)] = data
+                writes += 1
+
+            async def chunks() -> list[w.ChunkInfo]:
+                reply = await link.call(w.ChunkMapRequest(uid=0, gid=0, inode=attr.inode, first_index=0, count=16))
+                assert isinstance(reply, w.ChunkMapReply)
+                return list(reply.chunks)
+            victim_id = (await chunks())[0].replicas[0].cs_id
+            victim = cluster.cs_name_of(victim_id)
+            cluster.group.kill(victim)
+            deadline = asyncio.get_running_loop().time() + 90
+            while True:   # written without a pause until every chunk is back at three
+                await write_some()
+                now = await chunks()
+                if all(len({r.host for r in c.replicas}) == 3 and victim_id not in {r.cs_id for r in c.replicas}
+                       for c in now):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, \
+                    f"chunks still short with the file open: {[(c.chunk_id, [r.cs_id for r in c.replicas]) for c in now]}"
+            for _ in range(20):
+                await write_some()   # and the writes go on to the new chains
+            await writer.release(fh)
+        finally:
+            await writer.close()
+        io = ChunkIo(link.auth, attempt_deadline_s=10.0)
+        try:
+            for c in await chunks():
+                want = bytes(image[c.index * MIB:(c.index + 1) * MIB])
+                for r in c.replicas:
+                    reply = await io._client(r.address).call(wcs.ReadChunkRequest(
+                        chunk_id=c.chunk_id, version=c.version, offset=0, length=MIB, token=c.token))
+                    got = bytes(reply.payload)
+                    assert got == want, f"chunk {c.chunk_id} on cs {r.cs_id} differs from what was written"
+        finally:
+            await io.close()
+        assert (await read_files(config, ["/image.img"]))["/image.img"] == bytes(image)
+        print(f"F6 (open file): {victim} killed; {writes} writes, every chunk back at 3 replicas with the file open")
