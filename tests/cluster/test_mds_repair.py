@@ -314,6 +314,46 @@ async def test_a_chunk_a_writer_keeps_leased_is_copied_back_to_its_policy_with_t
         await task
 
 
+async def test_a_drain_moves_a_chunk_a_writer_keeps_leased(rig: Rig) -> None:
+    """Draining a chunkserver that holds a chunk of a file kept open and written (a running
+    container's image): the chunk is copied elsewhere with the writer held, then the draining
+    copy leaves the chain with a version bump, so the drain completes while the file stays
+    open (it used to wait for the writer to close)."""
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    inode = await rig.write_file(link, b"image", 1, release=False)
+    ((cid, (version, replicas)),) = (await rig.chunks()).items()
+    drained = rig.by_id()[replicas[0]]
+    manager = (await rig.leader_state()).chunkservers
+    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
+                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
+                    host="admin")
+    renewing = True
+
+    async def writer() -> None:
+        while renewing:
+            await link.mutate(lambda lane, seq: w.AllocChunkRequest(
+                uid=0, gid=0, lane=lane, seq=seq, inode=inode, index=0, writer_host="h1"))
+            await asyncio.sleep(0.2)
+    task = asyncio.create_task(writer())
+    try:
+        await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="draining"))
+
+        async def moved() -> bool:
+            now, listed = (await rig.chunks())[cid]
+            return (now > version and len(listed) == 3 and drained.cs_id not in listed
+                    and all(rig.by_id()[c].chunks.get(cid, (0,))[0] == now for c in listed))
+        await wait_for(moved, timeout_s=30, what="the leased chunk moved off the draining chunkserver")
+        assert manager._leased(cid), "the writer held its lease all along"
+        await wait_for(lambda: cid not in drained.chunks, timeout_s=30, what="the draining copy deleted")
+        await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="removed"))
+    finally:
+        renewing = False
+        await task
+        await admin.close(expire_session=False)
+
+
 async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_are_down(rig: Rig,
                                                                                       expect_log) -> None:
     expect_log("mds.storm_brake")

@@ -746,8 +746,9 @@ class ChunkserverManager:
         below: set[int] = set()
         for state in self._leased_states:
             good = good_replicas(state, by_id)
-            if not good or len(good) >= state.policy.replicas:
-                continue
+            staying = [r for r in good if by_id[r.cs_id].status is not CsStatus.DRAINING]
+            if not good or (len(staying) >= state.policy.replicas and len(staying) == len(good)):
+                continue   # at its policy, and nothing on a draining server to move away
             below.add(state.chunk_id)
             since = self._leased_below_since.setdefault(state.chunk_id, now)
             if (now - since >= self.failed_after_s and state.chunk_id not in self._lease_refills
@@ -774,10 +775,16 @@ class ChunkserverManager:
         status = {cs.cs_id: cs.status for cs in self.view()}
         live = [c for c in chunk.replicas if status.get(c) in (CsStatus.ONLINE, CsStatus.DRAINING)
                 and (chunk_id, c) not in self.damaged]
-        need = self._policy(chunk).replicas - len(live)
-        if not live or need <= 0:
+        draining = [c for c in live if status.get(c) is CsStatus.DRAINING]
+        need = self._policy(chunk).replicas - (len(live) - len(draining))
+        if not live or (need <= 0 and not draining):
             return
         gone = tuple(c for c in chunk.replicas if c not in live)
+        if need <= 0:
+            # enough copies elsewhere: the ones on draining servers leave with the bump (a
+            # drain of a server holding a file kept open completes; rm-node waits for it)
+            gone += tuple(draining)
+            live = [c for c in live if c not in draining]
         self._held.add(chunk_id)
         try:
             try:
@@ -787,13 +794,16 @@ class ChunkserverManager:
             except VStoreError as exc:   # written or repaired meanwhile: a later round looks again
                 log.info("chunk.lease_refill_skipped", extra={"chunk": chunk_id, "error": exc.message})
                 return
+            for cs_id in draining:
+                if cs_id in gone:   # its copy stays at the old version, unlisted: delete it
+                    self._stale.setdefault(cs_id, {})[chunk_id] = chunk.version
             version = await self.carry_bump(chunk_id, live, chunk.version, chunk.version + 1,
                                             missing_ok=chunk.length_bytes == 0,
                                             reason="missed the bump that held its writers for a copy")
             chunk = self.sm.chunk(chunk_id)
             if chunk.version != version or not chunk.replicas:
                 return
-            targets = self._order_copies(chunk_id, chunk, list(chunk.replicas), list(gone), need)
+            targets = self._order_copies(chunk_id, chunk, list(chunk.replicas), list(gone), need) if need > 0 else []
             log.info("chunk.lease_refill", extra={"chunk": chunk_id, "version": chunk.version, "dropped": list(gone),
                                                   "targets": [t for t, _ in targets]})
         except NotFound:
