@@ -806,8 +806,8 @@ class ChunkserverManager:
             targets = self._order_copies(chunk_id, chunk, list(chunk.replicas), list(gone), need) if need > 0 else []
             log.info("chunk.lease_refill", extra={"chunk": chunk_id, "version": chunk.version, "dropped": list(gone),
                                                   "targets": [t for t, _ in targets]})
-        except NotFound:
-            return
+        except VStoreError as exc:   # deleted, or this leader deposed meanwhile: the next leader looks again
+            log.info("chunk.lease_refill_failed", extra={"chunk": chunk_id, "error": exc.message})
         finally:
             # the copies' own mark (copying) holds the writers from here until they are in the chain
             self._held.discard(chunk_id)
