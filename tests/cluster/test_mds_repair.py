@@ -19,7 +19,8 @@ from tests.harness.fake_cs import FakeChunkserver, FakeDisks
 from tests.harness.mdsprocs import MdsInProcCluster
 from tests.harness.wait import wait_for
 from vstore.client.mds_link import MdsLink
-from vstore.errors import Exists, NoChunkservers, NotEmpty, NotPermitted
+from vstore.errors import Busy, Exists, NoChunkservers, NotEmpty, NotPermitted
+from vstore.metadata.fsm import namespace as ns
 from vstore.metadata.fsm.schema import ROOT_INODE
 from vstore.metadata.repair import JobKind
 from vstore.net import Auth
@@ -352,6 +353,38 @@ async def test_a_drain_moves_a_chunk_a_writer_keeps_leased(rig: Rig) -> None:
         renewing = False
         await task
         await admin.close(expire_session=False)
+
+
+async def test_a_writer_gets_no_lease_until_a_finished_copy_is_in_the_chain(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, expect_log) -> None:
+    """A copy holds the chunk's writers off (BUSY) until its replica is committed to the
+    chain, not merely until the chunkserver says it is done: an AllocChunk answered while
+    the AddReplica was being committed got the chain without the new replica, and the copy
+    then joined at the same version without that writer's writes (the thrash read stale
+    bytes from one)."""
+    expect_log("chunk.damaged")
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 1)
+    ((cid, (version, replicas)),) = (await rig.chunks()).items()
+    manager = (await rig.leader_state()).chunkservers
+    real = manager.service.propose_op
+    asked: list[str] = []
+
+    async def propose(build):  # type: ignore[no-untyped-def]
+        op = build(0)
+        if isinstance(op, ns.AddReplica) and op.chunk_id == cid:
+            try:   # a writer's AllocChunk arriving while the copy's replica is being committed
+                manager.grant_lease(cid)
+                asked.append("granted")
+            except Busy:
+                asked.append("busy")
+        return await real(build)
+    monkeypatch.setattr(manager.service, "propose_op", propose)
+    await link.call(w.ReportDamageRequest(chunk_id=cid, version=version, cs_id=replicas[1], reason="test"))
+    await wait_for(lambda: asked, timeout_s=30, what="the copy's AddReplica")
+    assert asked[0] == "busy", "a writer was granted the chunk while its new replica was not yet in the chain"
 
 
 async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_are_down(rig: Rig,

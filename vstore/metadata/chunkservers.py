@@ -100,7 +100,9 @@ class ChunkserverManager:
         self._wakeups: dict[CsId, asyncio.Event] = {}
         self._inflight: dict[int, _InFlight] = {}
         self._busy_chunks: set[int] = set()
-        self._copying: set[int] = set()
+        #: chunk id -> copies of it in flight (writers get no lease while any is; a chunk may
+        #: have several, a refill to more than one server)
+        self._copying: dict[int, int] = {}
         #: chunks whose writers are held (no lease granted) while a version bump fences the
         #: capabilities out before a copy (``_refill_under_lease``)
         self._held: set[int] = set()
@@ -404,7 +406,25 @@ class ChunkserverManager:
             return w.DoneReply()  # an order of an earlier leadership, or unknown: nothing to do
         order = flight.order
         self._busy_chunks.discard(order.chunk_id)
-        self._copying.discard(order.chunk_id)
+        try:
+            return await self._order_outcome(m, order, flight, cs_id)
+        finally:
+            # a copy stops holding writers off only once its replica is in the chain (or
+            # refused): a writer's AllocChunk answered in between got the chain without it,
+            # and the copy, committed after, joined at the same version without that
+            # writer's next writes (the 60 s thrash read stale bytes from one)
+            if order.kind == w.OrderKind.COPY:
+                self._copy_ended(order.chunk_id)
+
+    def _copy_ended(self, chunk_id: int) -> None:
+        left = self._copying.get(chunk_id, 0) - 1
+        if left > 0:
+            self._copying[chunk_id] = left
+        else:
+            self._copying.pop(chunk_id, None)
+
+    async def _order_outcome(self, m: w.OrderDoneRequest, order: w.Order, flight: _InFlight,
+                             cs_id: CsId) -> Message:
         waiter = self._waiters.pop(m.order_id, None)
         if m.order_id in self._missing_ok:
             self._missing_ok.discard(m.order_id)
@@ -555,7 +575,7 @@ class ChunkserverManager:
         self._inflight[order_id] = _InFlight(order, cs_id, self._monotonic(), doomed)
         self._busy_chunks.add(chunk_id)
         if kind == w.OrderKind.COPY:
-            self._copying.add(chunk_id)
+            self._copying[chunk_id] = self._copying.get(chunk_id, 0) + 1
         self._wake(cs_id)
         return order
 
@@ -638,7 +658,8 @@ class ChunkserverManager:
         del self._inflight[order_id]
         self._missing_ok.discard(order_id)
         self._busy_chunks.discard(flight.order.chunk_id)
-        self._copying.discard(flight.order.chunk_id)
+        if flight.order.kind == w.OrderKind.COPY:
+            self._copy_ended(flight.order.chunk_id)
         queue = self._queues.get(flight.cs_id)
         if queue and flight.order in queue:
             queue.remove(flight.order)
