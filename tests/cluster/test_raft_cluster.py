@@ -37,6 +37,30 @@ async def test_a_follower_read_barrier_sees_every_acknowledged_write(cluster: Ra
     assert index >= 1 and follower.sm.get("k") == (1,)
 
 
+async def test_a_read_index_the_leader_never_answers_fails_instead_of_waiting_forever(
+        cluster: RaftCluster, monkeypatch: pytest.MonkeyPatch, expect_log) -> None:
+    """A follower forwards its read index to the leader; if the answer never comes (that
+    leader was stopped, then deposed, or the message was lost) the read fails, retryable,
+    instead of waiting forever: a metadata service's reads share one barrier round at a
+    time, so one read stuck forever held a leader's every later request (the thrash saw a
+    leader that never served its term)."""
+    from vstore.errors import Unavailable
+    from vstore.wire.raft import RaftMsgType
+    expect_log("raft.read_index_timeout")
+    leader = await cluster.leader()
+    follower = next(n for n in cluster.running() if n is not leader)
+    assert leader.node is not None and follower.node is not None
+    core = leader.node.core
+    real = core.step
+    monkeypatch.setattr(core, "step", lambda m: None if m.type == RaftMsgType.READ_INDEX else real(m))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Unavailable):
+        await follower.node.read_barrier(timeout_s=1.0)
+    assert asyncio.get_running_loop().time() - started < 5
+    monkeypatch.setattr(core, "step", real)
+    assert await follower.node.read_barrier() >= 1, "the next read goes through"
+
+
 async def test_a_retried_proposal_is_applied_exactly_once(cluster: RaftCluster) -> None:
     await cluster.append("k", "x", client_id="c1", seq=7)
     assert await cluster.append("k", "x", client_id="c1", seq=7) == "ok"

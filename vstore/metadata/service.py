@@ -133,6 +133,12 @@ class _Barriers:
         waiting, self._next = self._next, None
         if waiting is None:
             return
+        if not self.node.is_leader:
+            # the round ended because the leadership did: a new round here would be a read
+            # index forwarded to another leader, which may never answer it
+            if not waiting.done():
+                waiting.set_exception(self.node.not_leader_error())
+            return
         self._running = self._start()
 
         def relay(done: asyncio.Future[int]) -> None:

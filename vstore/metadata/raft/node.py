@@ -101,6 +101,9 @@ class StartupError(Exception):
 #: Written into the data dir once the node has applied a configuration naming it: from then
 #: on an empty Raft log there means the log was lost, not that the node is new.
 MEMBER_MARKER = "raft-member"
+#: A read index not answered within this long fails (Unavailable, retryable): kept under a
+#: client's 10 s attempt deadline, above a few election timeouts.
+READ_BARRIER_TIMEOUT_S = 5.0
 
 
 class RaftNode:
@@ -232,12 +235,26 @@ class RaftNode:
         self._put(("propose", data, future))
         return await future
 
-    async def read_barrier(self) -> int:
+    async def read_barrier(self, *, timeout_s: float = READ_BARRIER_TIMEOUT_S) -> int:
         """Wait until this node's state machine reflects every write committed before the
-        call started (read-index, thesis §6.4). Returns the read index."""
+        call started (read-index, thesis §6.4). Returns the read index.
+
+        Unavailable (retryable) after ``timeout_s`` without an answer: the core answers a
+        read index in a later Ready, or never (its heartbeat round, or the leader a follower
+        forwarded it to, may be gone), and a read that waited forever held every later
+        barrier behind it: the thrash saw a leader that never served its term."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._put(("read", secrets.token_bytes(12), future))
-        return await future
+        context = secrets.token_bytes(12)
+        self._put(("read", context, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            self._reads.pop(context, None)
+            if not future.done():
+                future.cancel()
+            log.warning("raft.read_index_timeout", extra={"node": self.id, "role": self.role.value,
+                                                          "leader": self.leader_id, "timeout_s": timeout_s})
+            raise Unavailable(f"{self.id}: no read index within {timeout_s:g} s; retry") from None
 
     async def propose_conf_change(self, change: Any) -> None:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -512,7 +529,15 @@ class RaftNode:
             self.stats["leader_changes"] += 1
             log.info("raft.leader_changed", extra={"node": self.id, "leader": leader, "term": self.core.term,
                                                    "role": role.value})
+        changed = leader != self.leader_id
         self.role, self.leader_id = role, leader
+        if changed and not was_leader and role is not Role.LEADER and self._reads:
+            # read indexes forwarded to the old leader: the new one will never answer them
+            reads, self._reads = self._reads, {}
+            for future in reads.values():
+                if not future.done():
+                    future.set_exception(ConnectionLost(f"{self.id}: the leader changed before it answered a "
+                                                        "read index; retry"))
         if was_leader and role is not Role.LEADER:
             # Our proposals may still commit under the next leader, or not: the outcome is
             # unknown, and the client's session makes its retry safe.
