@@ -440,6 +440,11 @@ class ChunkserverManager:
             self._behind.get(cs_id, {}).pop(order.chunk_id, None)
             if cs_id in self._reports:
                 self._reports[cs_id][order.chunk_id] = order.version
+        if m.code and order.kind == w.OrderKind.DELETE and m.code == ErrorCode.STALE_VERSION:
+            # it holds a newer copy than the one it reported: not ours to delete by that
+            # report; its next report (asked for now) says what is there
+            self._stale.get(cs_id, {}).pop(order.chunk_id, None)
+            self._reports.pop(cs_id, None)
         if m.code:
             self.stats["orders_failed"] += 1
             log.warning("cs.order_failed", extra={"cs_id": cs_id, "order": order.kind, "chunk": order.chunk_id,
@@ -455,6 +460,7 @@ class ChunkserverManager:
                 # one makes way first), and was verified: it is not the damaged replica
                 # reported earlier; counting it damaged would drop it and copy it again forever
                 self.damaged.discard((order.chunk_id, cs_id))
+                self._stale.get(cs_id, {}).pop(order.chunk_id, None)   # replaced by this copy
                 self.stats["copies_committed"] += 1
                 self.stats["copied_bytes"] += order.length_bytes
                 log.info("chunk.replicated", extra={"chunk": order.chunk_id, "version": order.version,
@@ -1029,6 +1035,12 @@ class ChunkserverManager:
                 if budget <= 0:
                     return
                 if chunk_id in self._busy_chunks:
+                    continue
+                if cs_id in self._listed(chunk_id):
+                    # a replica there again since its report (a copy, a refill for a writer):
+                    # the old copy it reported is gone, and deleting "at most" its version
+                    # would be refused every round, holding the chunk busy (no rebuild) forever
+                    stale.pop(chunk_id, None)
                     continue
                 self._order(cs_id, w.OrderKind.DELETE, chunk_id, version)
                 budget -= 1
