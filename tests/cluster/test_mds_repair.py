@@ -387,6 +387,26 @@ async def test_a_writer_gets_no_lease_until_a_finished_copy_is_in_the_chain(
     assert asked[0] == "busy", "a writer was granted the chunk while its new replica was not yet in the chain"
 
 
+async def test_an_old_copy_a_report_named_is_not_deleted_once_its_server_is_listed_again(rig: Rig) -> None:
+    """A chunkserver reports an old copy of a chunk, then a copy (a refill for a writer)
+    puts a fresh replica there: the report's entry must go. Ordering "delete at most the old
+    version" there is refused by a real chunkserver every round, and it held the chunk busy,
+    so it was never rebuilt (the 240 s thrash: two chunks stayed at two replicas)."""
+    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
+        await rig.add(f"cs-{n}", host).start()
+    link = await rig.cluster.link()
+    await rig.write_file(link, b"f", 1)
+    ((cid, (version, replicas)),) = (await rig.chunks()).items()
+    listed = rig.by_id()[replicas[0]]
+    manager = (await rig.leader_state()).chunkservers
+    manager._stale.setdefault(listed.cs_id, {})[cid] = version - 1 if version > 1 else 0   # its old report
+    rounds = manager.stats["rounds"]
+    await wait_for(lambda: manager.stats["rounds"] >= rounds + 3, timeout_s=10, what="three repair rounds")
+    deletes = [o for o in listed.orders_done if o.kind == w.OrderKind.DELETE and o.chunk_id == cid]
+    assert not deletes, "a delete was ordered to a server listed for the chunk"
+    assert cid not in manager._stale.get(listed.cs_id, {}), "the old report's entry stayed"
+
+
 async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_are_down(rig: Rig,
                                                                                       expect_log) -> None:
     expect_log("mds.storm_brake")
