@@ -10,7 +10,9 @@ checks read the replicated state of the leader (chunk table, doomed queue).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,37 @@ class Rig:
                                mds=[("127.0.0.1", self.cluster.ports[i]) for i in self.cluster.ids])
         self.cs[node_id] = fake
         return fake
+
+    async def start_hosts(self, count: int = 4) -> None:
+        """Chunkservers cs-1..cs-N on hosts h1..hN, started."""
+        for n in range(1, count + 1):
+            await self.add(f"cs-{n}", f"h{n}").start()
+
+    def admin_link(self) -> MdsLink:
+        return MdsLink([("127.0.0.1", self.cluster.ports[i]) for i in self.cluster.ids],
+                       Auth(self.cluster.secret_file.read_bytes(),
+                            Identity(self.cluster.cluster_id, "admin-1", "admin")), host="admin")
+
+    @contextlib.asynccontextmanager
+    async def renewing_writer(self, link: MdsLink, inode: int) -> AsyncIterator[list[w.ChunkInfo]]:
+        """A long-open file's writer: it asks for chunk 0 again and again (renewing its write
+        lease) while the block runs; yields the chunk infos it was handed, newest last."""
+        chains: list[w.ChunkInfo] = []
+        renewing = True
+
+        async def writer() -> None:
+            while renewing:
+                reply = await link.mutate(lambda lane, seq: w.AllocChunkRequest(
+                    uid=0, gid=0, lane=lane, seq=seq, inode=inode, index=0, writer_host="h1"))
+                assert isinstance(reply, w.ChunkReply)
+                chains.append(reply.chunk)
+                await asyncio.sleep(0.2)
+        task = asyncio.create_task(writer())
+        try:
+            yield chains
+        finally:
+            renewing = False
+            await task
 
     async def leader_state(self):  # type: ignore[no-untyped-def]
         leader = await self.cluster.leader()
@@ -116,8 +149,7 @@ async def test_order_ids_of_two_leaderships_never_collide(tmp_path: Path, expect
                                 chunk_bytes=1 << 20).serving() as cluster:
         rig = Rig(cluster)
         try:
-            for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-                await rig.add(f"cs-{n}", host).start()
+            await rig.start_hosts()
             link = await cluster.link()
             await rig.write_file(link, b"f", 2)
             victim = rig.cs["cs-1"]
@@ -144,8 +176,7 @@ async def test_order_ids_of_two_leaderships_never_collide(tmp_path: Path, expect
 
 
 async def test_new_chunks_go_to_distinct_hosts_with_the_first_on_the_writers_host(rig: Rig) -> None:
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 8)
     chunks = await rig.chunks()
@@ -175,8 +206,7 @@ async def test_joining_twice_is_refused_and_too_few_chunkservers_refuse_new_chun
 async def test_a_failed_chunkserver_is_rebuilt_elsewhere_and_its_stale_copies_deleted_when_back(rig: Rig,
                                                                                                  expect_log) -> None:
     expect_log("cs.failed")
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 6)
     victim = rig.cs["cs-1"]  # the writer's host: first replica of every chunk
@@ -200,8 +230,7 @@ async def test_a_failed_chunkserver_is_rebuilt_elsewhere_and_its_stale_copies_de
 
 
 async def test_deleting_a_file_deletes_its_replicas_through_the_doomed_queue(rig: Rig) -> None:
-    for n, host in enumerate(["h1", "h2", "h3"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts(3)
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 4)
     assert all(len(f.chunks) == 4 for f in rig.cs.values())
@@ -215,8 +244,7 @@ async def test_deleting_a_file_deletes_its_replicas_through_the_doomed_queue(rig
 
 async def test_a_damaged_replica_is_dropped_and_the_chunk_rebuilt(rig: Rig, expect_log) -> None:
     expect_log("chunk.damaged")
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 1)
     ((cid, (version, replicas)),) = (await rig.chunks()).items()
@@ -244,8 +272,7 @@ async def test_no_copy_starts_for_a_chunk_a_writer_leased_while_the_round_was_pl
     without them: the thrash read stale bytes from one. The copy waits for the lease."""
     from vstore.metadata import chunkservers as chunkservers_module
     expect_log("chunk.damaged")
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 1)
     ((cid, (version, replicas)),) = (await rig.chunks()).items()
@@ -281,26 +308,14 @@ async def test_a_chunk_a_writer_keeps_leased_is_copied_back_to_its_policy_with_t
     replicas left (the capabilities out are fenced off) and copies it; the writer's next
     AllocChunk gets the new chain at the new version."""
     expect_log("cs.failed")
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"image", 1, release=False)
     ((cid, (version, replicas)),) = (await rig.chunks()).items()
     victim = rig.by_id()[replicas[1]]
     manager = (await rig.leader_state()).chunkservers
     await victim.stop()
-    chains: list[w.ChunkInfo] = []
-    renewing = True
-
-    async def writer() -> None:  # a long-open file's writer: it asks for the chunk again and again
-        while renewing:
-            reply = await link.mutate(lambda lane, seq: w.AllocChunkRequest(
-                uid=0, gid=0, lane=lane, seq=seq, inode=inode, index=0, writer_host="h1"))
-            assert isinstance(reply, w.ChunkReply)
-            chains.append(reply.chunk)
-            await asyncio.sleep(0.2)
-    task = asyncio.create_task(writer())
-    try:
+    async with rig.renewing_writer(link, inode) as chains:
         async def refilled() -> bool:
             now, listed = (await rig.chunks())[cid]
             return (now > version and len(listed) == 3 and victim.cs_id not in listed
@@ -310,9 +325,6 @@ async def test_a_chunk_a_writer_keeps_leased_is_copied_back_to_its_policy_with_t
         await wait_for(lambda: chains and len(chains[-1].replicas) == 3 and chains[-1].version > version,
                        timeout_s=10, what="the writer handed the new chain")
         assert manager._leased(cid), "the writer held its lease all along"
-    finally:
-        renewing = False
-        await task
 
 
 async def test_a_drain_moves_a_chunk_a_writer_keeps_leased(rig: Rig) -> None:
@@ -320,38 +332,27 @@ async def test_a_drain_moves_a_chunk_a_writer_keeps_leased(rig: Rig) -> None:
     container's image): the chunk is copied elsewhere with the writer held, then the draining
     copy leaves the chain with a version bump, so the drain completes while the file stays
     open (it used to wait for the writer to close)."""
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"image", 1, release=False)
     ((cid, (version, replicas)),) = (await rig.chunks()).items()
     drained = rig.by_id()[replicas[0]]
     manager = (await rig.leader_state()).chunkservers
-    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
-                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
-                    host="admin")
-    renewing = True
-
-    async def writer() -> None:
-        while renewing:
-            await link.mutate(lambda lane, seq: w.AllocChunkRequest(
-                uid=0, gid=0, lane=lane, seq=seq, inode=inode, index=0, writer_host="h1"))
-            await asyncio.sleep(0.2)
-    task = asyncio.create_task(writer())
+    admin = rig.admin_link()
     try:
-        await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="draining"))
+        async with rig.renewing_writer(link, inode):
+            await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="draining"))
 
-        async def moved() -> bool:
-            now, listed = (await rig.chunks())[cid]
-            return (now > version and len(listed) == 3 and drained.cs_id not in listed
-                    and all(rig.by_id()[c].chunks.get(cid, (0,))[0] == now for c in listed))
-        await wait_for(moved, timeout_s=30, what="the leased chunk moved off the draining chunkserver")
-        assert manager._leased(cid), "the writer held its lease all along"
-        await wait_for(lambda: cid not in drained.chunks, timeout_s=30, what="the draining copy deleted")
-        await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="removed"))
+
+            async def moved() -> bool:
+                now, listed = (await rig.chunks())[cid]
+                return (now > version and len(listed) == 3 and drained.cs_id not in listed
+                        and all(rig.by_id()[c].chunks.get(cid, (0,))[0] == now for c in listed))
+            await wait_for(moved, timeout_s=30, what="the leased chunk moved off the draining chunkserver")
+            assert manager._leased(cid), "the writer held its lease all along"
+            await wait_for(lambda: cid not in drained.chunks, timeout_s=30, what="the draining copy deleted")
+            await admin.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="removed"))
     finally:
-        renewing = False
-        await task
         await admin.close(expire_session=False)
 
 
@@ -363,8 +364,7 @@ async def test_a_writer_gets_no_lease_until_a_finished_copy_is_in_the_chain(
     then joined at the same version without that writer's writes (the thrash read stale
     bytes from one)."""
     expect_log("chunk.damaged")
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 1)
     ((cid, (version, replicas)),) = (await rig.chunks()).items()
@@ -392,8 +392,7 @@ async def test_an_old_copy_a_report_named_is_not_deleted_once_its_server_is_list
     puts a fresh replica there: the report's entry must go. Ordering "delete at most the old
     version" there is refused by a real chunkserver every round, and it held the chunk busy,
     so it was never rebuilt (the 240 s thrash: two chunks stayed at two replicas)."""
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 1)
     ((cid, (version, replicas)),) = (await rig.chunks()).items()
@@ -411,8 +410,7 @@ async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_ar
                                                                                       expect_log) -> None:
     expect_log("mds.storm_brake")
     expect_log("cs.failed", 0)
-    for n in range(1, 7):
-        await rig.add(f"cs-{n}", f"h{n}").start()
+    await rig.start_hosts(6)
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 4)
     before = await rig.chunks()
@@ -426,8 +424,7 @@ async def test_the_storm_brake_stops_rebuilds_when_more_than_two_chunkservers_ar
 
 
 async def test_a_chain_repair_drops_the_failed_replica_bumps_the_survivors_and_the_planner_refills(rig: Rig) -> None:
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 1, release=False)
     ((cid, (version, chain)),) = (await rig.chunks()).items()
@@ -459,8 +456,7 @@ async def test_a_survivor_that_misses_a_chain_repairs_bump_is_fenced_off_by_one_
     wait: it is taken out with a second bump among the others, so when it wakes and runs the
     order its copy is one version behind the chunk, not at its version with old bytes."""
     expect_log("chunk.replica_dropped")
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 1, release=False)
     ((cid, (version, chain)),) = (await rig.chunks()).items()
@@ -488,8 +484,7 @@ async def test_a_chain_repair_that_would_leave_too_few_replicas_copies_the_chunk
     after two failures only one replica would remain (policy 3:2). Instead of refusing the
     write (which, repeated, was the application's EIO in the long thrash), the leader copies
     the chunk from the survivor to another server while the writer waits, then repairs."""
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 1, release=False)
     ((cid, (version, chain)),) = (await rig.chunks()).items()
@@ -512,8 +507,7 @@ async def test_a_chain_repair_that_would_leave_too_few_replicas_copies_the_chunk
 
 
 async def test_truncate_cuts_and_bumps_the_boundary_chunk_and_dooms_the_rest(rig: Rig) -> None:
-    for n, host in enumerate(["h1", "h2", "h3"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts(3)
     link = await rig.cluster.link()
     inode = await rig.write_file(link, b"f", 3, chunk_len=4096)
     before = await rig.chunks()
@@ -536,8 +530,7 @@ async def test_truncate_cuts_and_bumps_the_boundary_chunk_and_dooms_the_rest(rig
 async def test_a_chunkserver_that_lost_its_disk_has_its_replicas_dropped_and_rebuilt(rig: Rig,
                                                                                     expect_log) -> None:
     expect_log("chunk.replica_missing", 0)
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 3)
     victim = rig.cs["cs-1"]
@@ -556,16 +549,13 @@ async def test_removing_a_chunkserver_forgets_the_orders_it_will_never_answer(ri
     """A copy ordered to a server that is then removed (it fetches nothing any more) leaves
     the leader's orders in flight at once, not after order_timeout_s: `rm-node` of the next
     server waits for no order in flight before it calls a drain stalled (a CI hang)."""
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 1)
     ((_, (_, chain)),) = (await rig.chunks()).items()
     spare = next(f for f in rig.cs.values() if f.cs_id not in chain)
     spare.pause(heartbeats=True)   # alive, but the copy to it is fetched and never answered
-    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
-                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
-                    host="admin")
+    admin = rig.admin_link()
     try:
         await admin.call(w.SetCsStateRequest(cs_id=chain[0], state="draining"))
 
@@ -581,14 +571,11 @@ async def test_removing_a_chunkserver_forgets_the_orders_it_will_never_answer(ri
 
 
 async def test_draining_a_chunkserver_moves_its_replicas_away_then_it_can_be_removed(rig: Rig) -> None:
-    for n, host in enumerate(["h1", "h2", "h3", "h4"], 1):
-        await rig.add(f"cs-{n}", host).start()
+    await rig.start_hosts()
     link = await rig.cluster.link()
     await rig.write_file(link, b"f", 4)
     drained = rig.cs["cs-1"]
-    admin = MdsLink([("127.0.0.1", rig.cluster.ports[i]) for i in rig.cluster.ids],
-                    Auth(rig.cluster.secret_file.read_bytes(), Identity(rig.cluster.cluster_id, "admin-1", "admin")),
-                    host="admin")
+    admin = rig.admin_link()
     try:
         with pytest.raises(NotPermitted):  # a client may not drain
             await link.call(w.SetCsStateRequest(cs_id=drained.cs_id, state="draining"), deadline_s=2)
