@@ -233,8 +233,8 @@ class ChunkserverManager:
             raise Busy(f"chunk {chunk_id} is being copied to a new replica; retry in a moment")
         self.write_leases[chunk_id] = self._monotonic() + self.write_lease_s + self.capability_skew_s
 
-    def _leased(self, chunk_id: int) -> bool:
-        return self.write_leases.get(chunk_id, 0) > self._monotonic()
+    def _leased(self, chunk_id: int, now: float | None = None) -> bool:
+        return self.write_leases.get(chunk_id, 0) > (self._monotonic() if now is None else now)
 
     def release_lease(self, chunk_id: int) -> None:
         self.write_leases.pop(chunk_id, None)
@@ -440,7 +440,7 @@ class ChunkserverManager:
             self._behind.get(cs_id, {}).pop(order.chunk_id, None)
             if cs_id in self._reports:
                 self._reports[cs_id][order.chunk_id] = order.version
-        if m.code and order.kind == w.OrderKind.DELETE and m.code == ErrorCode.STALE_VERSION:
+        if order.kind == w.OrderKind.DELETE and m.code == ErrorCode.STALE_VERSION:
             # it holds a newer copy than the one it reported: not ours to delete by that
             # report; its next report (asked for now) says what is there
             self._stale.get(cs_id, {}).pop(order.chunk_id, None)
@@ -1085,7 +1085,7 @@ class ChunkserverManager:
                 state = self._state(chunk_id, chunk, policy)
                 every.append(state)
                 if chunk_id not in self._busy_chunks:
-                    (out if self.write_leases.get(chunk_id, 0) <= now else leased).append(state)
+                    (leased if self._leased(chunk_id, now) else out).append(state)
             await asyncio.sleep(0)  # let requests in between pages
         # what each server holds, busy chunks included (what rm-node and top show)
         self.tallies = cs_tallies(every, self.view(now))
